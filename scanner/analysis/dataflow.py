@@ -38,7 +38,7 @@ COMPARISON_OPS = frozenset(
     {
         "greater", "less", "equal", "greaterorequal", "lessorequal", "isnan", "isinf",
         "gt", "lt", "eq", "ne", "ge", "le", "isclose", "isin", "greater_equal", "less_equal",
-        "not_equal", "equal", "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__",
+        "not_equal", "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__",
     }
 )  # fmt: skip
 BOOLEAN_OPS = frozenset(

@@ -37,7 +37,7 @@ from scanner.analysis.dataflow import (
 from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
 
 GATE_OPS = COMPARISON_OPS | BOOLEAN_OPS | SELECTION_OPS
-CONDITION_FIRST_OPS = frozenset({"where", "if", "masked_fill", "masked_select", "masked_scatter"})
+MASK_SECOND_OPS = frozenset({"masked_fill", "masked_select", "masked_scatter"})
 
 
 def find_latent_gates(graph: DataflowGraph) -> list[dict[str, Any]]:
@@ -48,13 +48,11 @@ def find_latent_gates(graph: DataflowGraph) -> list[dict[str, Any]]:
     for node in graph.ops():
         if node.op not in GATE_OPS or node.id not in tainted or node.id not in to_output:
             continue
-        if node.op in CONDITION_FIRST_OPS and node.op in ("where", "if"):
-            # a selection is latent-driven only when its *condition* depends on z
-            if not node.inputs or node.inputs[0] not in tainted:
-                continue
-        if node.op in ("masked_fill", "masked_select", "masked_scatter") and (
-            len(node.inputs) < 2 or node.inputs[1] not in tainted
-        ):
+        # a selection is latent-driven only when its *condition* (where/if: first input,
+        # masked_*: the mask, second input) depends on z
+        if node.op in ("where", "if") and (not node.inputs or node.inputs[0] not in tainted):
+            continue
+        if node.op in MASK_SECOND_OPS and (len(node.inputs) < 2 or node.inputs[1] not in tainted):
             continue
         gates.append(
             {
