@@ -56,7 +56,8 @@ def torch_dtype(onnx_type: int) -> torch.dtype:
     try:
         return _ONNX_TO_TORCH_DTYPE[onnx_type]
     except KeyError:
-        name = onnx.TensorProto.DataType.Name(onnx_type) if onnx_type in onnx.TensorProto.DataType.values() else onnx_type
+        known = onnx_type in onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(onnx_type) if known else onnx_type
         raise InvalidModelError(f"ONNX element type {name} is not supported by the executor") from None
 
 
@@ -93,7 +94,8 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
             out[attr.name] = [s.decode("utf-8", "replace") for s in attr.strings]
         else:
             # sparse tensors, type protos, graph lists: nothing in the allowlist takes them
-            raise InvalidModelError(f"node {node.name or node.op_type!r}: attribute {attr.name!r} has an unsupported type")
+            where = node.name or node.op_type
+            raise InvalidModelError(f"node {where!r}: attribute {attr.name!r} has an unsupported type")
     return out
 
 
@@ -188,7 +190,6 @@ class OnnxGraphModule(nn.Module):
         use_counts = _use_counts(graph)
         for name in self.output_names:
             use_counts[name] += 1
-        producers_of = {out: node for node in nodes for out in node.output if out}
         consumed_as_layer: set[str] = set()
 
         self.steps: list[NodeStep] = []
@@ -197,8 +198,9 @@ class OnnxGraphModule(nn.Module):
             if index in skip:
                 continue
             attrs = _attributes(node)
-            step = NodeStep(node.op_type, node.name or f"{node.op_type}_{index}", list(node.input), list(node.output), {})
-            layer = self._try_layer(node, attrs, initializers, use_counts, nodes, index, producers_of)
+            name = node.name or f"{node.op_type}_{index}"
+            step = NodeStep(node.op_type, name, list(node.input), list(node.output), {})
+            layer = self._try_layer(node, attrs, initializers, use_counts, nodes, index)
             if layer is not None:
                 module, source, fused_add_index = layer
                 key = self._unique_key(self.layers, _layer_key(source.weight, node, index))
@@ -260,7 +262,6 @@ class OnnxGraphModule(nn.Module):
         use_counts: Counter[str],
         nodes: list[onnx.NodeProto],
         index: int,
-        producers_of: dict[str, onnx.NodeProto],
     ) -> tuple[nn.Module, LayerSource, int | None] | None:
         """Turn a Gemm/MatMul/Conv/ConvTranspose whose weight is an initializer used nowhere else
         into a torch layer. Returns None to fall back to the functional op (e.g. tied weights)."""
@@ -637,10 +638,7 @@ def _conv_pads(s: NodeStep, x: torch.Tensor, kernel: Sequence[int], transpose: b
     else:
         return list(_ints(s.attrs.get("pads"), 2 * spatial, 0))
     total = [max(0, t) for t in total]
-    if auto_pad == "SAME_UPPER":
-        begin = [t // 2 for t in total]
-    else:
-        begin = [t - t // 2 for t in total]
+    begin = [t // 2 for t in total] if auto_pad == "SAME_UPPER" else [t - t // 2 for t in total]
     end = [t - b for t, b in zip(total, begin, strict=True)]
     return begin + end
 
@@ -770,8 +768,10 @@ _unary("LeakyRelu", lambda x, at: F.leaky_relu(x, float(at.get("alpha", 0.01))))
 _unary("Elu", lambda x, at: F.elu(x, float(at.get("alpha", 1.0))))
 _unary(
     "Selu",
-    lambda x, at: float(at.get("gamma", 1.0507009873554805))
-    * torch.where(x > 0, x, float(at.get("alpha", 1.6732632423543772)) * (torch.exp(x) - 1)),
+    lambda x, at: (
+        float(at.get("gamma", 1.0507009873554805))
+        * torch.where(x > 0, x, float(at.get("alpha", 1.6732632423543772)) * (torch.exp(x) - 1))
+    ),
 )
 _unary("Sigmoid", lambda x, at: torch.sigmoid(x))
 _unary("HardSigmoid", lambda x, at: torch.clamp(float(at.get("alpha", 0.2)) * x + float(at.get("beta", 0.5)), 0, 1))
@@ -1140,9 +1140,7 @@ def _cast_like(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any
 
 
 # -- resampling --------------------------------------------------------------------------------
-def _source_coords(
-    mode: str, out_len: int, in_len: int, scale: float, device: torch.device, name: str
-) -> torch.Tensor:
+def _source_coords(mode: str, out_len: int, in_len: int, scale: float, device: torch.device, name: str) -> torch.Tensor:
     """ONNX Resize's coordinate transformation: output index -> fractional input coordinate."""
     x = torch.arange(out_len, dtype=torch.float64, device=device)
     if mode == "half_pixel":
