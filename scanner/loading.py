@@ -29,7 +29,7 @@ from scanner.formats import detect
 from scanner.formats.limits import DEFAULT_LIMITS, LoadLimits
 from scanner.formats.numpy_io import npy_findings, npy_info
 from scanner.formats.pickle_scan import scan_pickle
-from scanner.formats.report import CONVERT_ADVICE, FileReport
+from scanner.formats.report import FileReport
 from scanner.formats.safetensors_io import (
     META_ARCHITECTURE,
     META_ARCHITECTURE_CONFIG,
@@ -103,10 +103,14 @@ def _inspect_onnx(path: Path | None, data: bytes, limits: LoadLimits, ins: _Insp
         return
     try:
         model, findings = safety.inspect_onnx(
-            path, max_bytes=limits.max_file_bytes, max_tensor_elements=limits.max_tensor_elements
+            path,
+            max_bytes=limits.max_file_bytes,
+            max_tensor_elements=limits.max_tensor_elements,
+            max_total_elements=limits.max_total_elements,
         )
-    except RejectedModelError as exc:
+    except RejectedModelError as exc:  # includes UnsupportedOpError
         report.findings += exc.findings or [Finding("onnx.rejected", str(exc), "high")]
+        report.advice_text = exc.advice or None
         return
     except InvalidModelError as exc:
         report.problem = str(exc)
@@ -144,6 +148,16 @@ def _inspect(data: bytes, *, path: Path | None, limits: LoadLimits, load_weights
             ins.metadata, ins.tensors = header.metadata, tensors
             if tensors is not None:
                 _check_finite(ins)
+                if not report.problem and META_ARCHITECTURE in header.metadata:
+                    # The file names its architecture: say now whether the weights fit it.
+                    arch, config, _ = _fit_registry(
+                        tensors,
+                        architecture=header.metadata[META_ARCHITECTURE],
+                        architecture_config=parse_json_metadata(header.metadata, META_ARCHITECTURE_CONFIG),
+                        source_format="safetensors",
+                        limits=limits,
+                    )
+                    report.header["architecture"] = {"name": arch.name, "config": config}
         elif fmt == detect.PICKLE:
             scan = scan_pickle(data, limits=limits, stacked=True)
             report.findings += [_code_bearing_finding(fmt), *scan.findings]
@@ -184,6 +198,7 @@ def _inspect(data: bytes, *, path: Path | None, limits: LoadLimits, load_weights
             )
     except RejectedModelError as exc:
         report.findings += exc.findings or [Finding("format.rejected", str(exc), "high")]
+        report.advice_text = exc.advice or None
     except InvalidModelError as exc:
         report.problem = str(exc)
     return ins
@@ -203,9 +218,9 @@ def inspect_file(path: Path, limits: LoadLimits | None = None) -> FileReport:
 def _rejection(report: FileReport) -> RejectedModelError:
     reasons = "; ".join(f.message for f in report.findings if f.severity == "high")[:1500]
     return RejectedModelError(
-        f"{Path(report.path).name}: rejected ({report.format}): {reasons}. To scan it, {CONVERT_ADVICE}.",
+        f"{Path(report.path).name}: rejected ({report.format}): {reasons}. To scan it, {report.advice}.",
         findings=report.findings,
-        advice=CONVERT_ADVICE,
+        advice=report.advice,
     )
 
 
@@ -260,16 +275,18 @@ def _check_specs(arch_name: str, latent: LatentSpec, output: OutputSpec, built: 
         raise InvalidModelError(f"output value range {output.value_range} must be finite with low < high")
 
 
-def _build_from_registry(
+def _fit_registry(
     tensors: dict[str, torch.Tensor],
     *,
     architecture: str | None,
     architecture_config: Any,
-    latent: Any,
-    output: Any,
     source_format: str,
     limits: LoadLimits,
-) -> Generator:
+) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor]]:
+    """Check that the weights fit a registry architecture, on the meta device (no allocation).
+
+    Returns (architecture, resolved config, state dict with normalised keys).
+    """
     from scanner.architectures import REGISTRY
 
     if not architecture:
@@ -306,6 +323,26 @@ def _build_from_registry(
         if mismatched:
             parts.append(f"shape mismatch {mismatched[:5]}")
         raise InvalidModelError(f"weights do not fit architecture {arch.name!r} {config}: " + "; ".join(parts))
+    return arch, config, state
+
+
+def _build_from_registry(
+    tensors: dict[str, torch.Tensor],
+    *,
+    architecture: str | None,
+    architecture_config: Any,
+    latent: Any,
+    output: Any,
+    source_format: str,
+    limits: LoadLimits,
+) -> Generator:
+    arch, config, state = _fit_registry(
+        tensors,
+        architecture=architecture,
+        architecture_config=architecture_config,
+        source_format=source_format,
+        limits=limits,
+    )
     generator = arch.build(config)
     target = generator.body.state_dict()
     try:
@@ -377,6 +414,8 @@ def load_generator(
             )
     except ScannerError:
         raise
+    except ImportError as exc:
+        raise InvalidModelError(f"{path.name}: {report.format} loading is not available here: {exc}") from None
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise InvalidModelError(f"{path.name}: cannot build the generator: {str(exc)[:300]}") from None
     raise InvalidModelError(f"{path.name}: format {report.format!r} is not loadable")

@@ -24,6 +24,7 @@ class FileReport:
     findings: list[Finding] = field(default_factory=list)
     header: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None  # truncated / corrupt / over a limit / not a model
+    advice_text: str | None = None  # a reader's own advice for a rejected file (else CONVERT_ADVICE)
 
     @property
     def code_bearing(self) -> bool:
@@ -54,7 +55,9 @@ class FileReport:
 
     @property
     def advice(self) -> str:
-        return CONVERT_ADVICE if self.rejected else ""
+        if not self.rejected:
+            return ""
+        return self.advice_text or CONVERT_ADVICE
 
     def to_dict(self) -> dict[str, Any]:
         return {
