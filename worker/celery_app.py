@@ -1,0 +1,55 @@
+"""The Celery application (no torch here: the scanner is imported inside task bodies, i.e. in
+the worker's child processes only).
+
+Queues: `cpu` and `gpu` (a CUDA worker runs `dgmscan worker -Q gpu` with DGMSCAN_WORKER_DEVICE=cuda,
+one process per GPU). Reliability: acks_late + reject_on_worker_lost so a crashed worker's scan is
+re-delivered, prefetch 1 so a long scan never hoards queued ones, a broker visibility timeout
+above the longest scan so Redis does not re-deliver a scan that is still running, soft/hard
+time limits per scan.
+
+`celery -A worker.celery_app worker` uses the module-level `app`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from persistence.settings import Settings, get_settings
+
+QUEUES: tuple[str, ...] = ("cpu", "gpu")
+RUN_SCAN_TASK = "dgmscan.run_scan"
+RUN_SHARD_TASK = "dgmscan.run_shard"
+FINISH_FANOUT_TASK = "dgmscan.finish_fanout"
+WEBHOOK_TASK = "dgmscan.deliver_webhook"
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from `settings` (default: the environment)."""
+    settings = settings or get_settings()
+    app = Celery("dgmscan", broker=settings.effective_broker_url, backend=settings.result_backend)
+    app.conf.update(
+        include=["worker.tasks"],
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=settings.result_backend is None,
+        task_default_queue="cpu",
+        task_queues=[Queue(q) for q in QUEUES],
+        task_soft_time_limit=settings.scan_soft_time_limit_s,
+        task_time_limit=settings.scan_hard_time_limit_s,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # a scan child that grew big (torch caches) is replaced now and then
+        worker_max_tasks_per_child=50,
+    )
+    return app
+
+
+app = create_app()
