@@ -97,9 +97,14 @@ def split_final_activation(model: onnx.ModelProto) -> tuple[str, str, FinalActiv
         raise InvalidModelError("the graph has no outputs")
     out = model.graph.output[0].name
     producer = next((n for n in model.graph.node if out in n.output), None)
-    if producer is not None and producer.domain in DEFAULT_DOMAINS and producer.op_type in _SPLIT_ACTIVATIONS:
-        if len(producer.input) == 1 and producer.input[0]:
-            return out, producer.input[0], _SPLIT_ACTIVATIONS[producer.op_type], producer.name or producer.op_type
+    if (
+        producer is not None
+        and producer.domain in DEFAULT_DOMAINS
+        and producer.op_type in _SPLIT_ACTIVATIONS
+        and len(producer.input) == 1
+        and producer.input[0]
+    ):
+        return out, producer.input[0], _SPLIT_ACTIVATIONS[producer.op_type], producer.name or producer.op_type
     return out, out, "none", None
 
 

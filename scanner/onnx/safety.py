@@ -244,7 +244,7 @@ def op_findings(
                     blocking.append(
                         Finding(
                             "onnx.custom_domain",
-                            f"operator {node.op_type!r} of custom domain {node.domain!r}: the scanner does not run custom ops",
+                            f"operator {node.op_type!r} of custom domain {node.domain!r}: custom ops are not run",
                             detail=detail,
                         )
                     )
@@ -260,7 +260,7 @@ def op_findings(
                 info.append(
                     Finding(
                         f"onnx.{RECORDED_OPS[node.op_type]}_op",
-                        f"{node.op_type} node {node.name!r}: {RECORDED_OPS[node.op_type]} op (static inspection flags it)",
+                        f"{node.op_type} node {node.name!r}: {RECORDED_OPS[node.op_type]} (flagged by static checks)",
                         severity="low",
                         detail=detail,
                     )
@@ -357,7 +357,7 @@ def inspect_onnx(
         raise UnsupportedOpError(
             f"{path.name}: the graph uses operators the scanner does not execute: {names}",
             findings=blocking,
-            advice="export the generator with standard ONNX operators only (e.g. `dgmscan export` or torch.onnx.export)",
+            advice="export the generator with standard ONNX operators only (`dgmscan export`, torch.onnx.export)",
         )
     try:
         onnx.checker.check_model(model)
