@@ -1,0 +1,107 @@
+"""static.bias_outliers — units whose bias or weight norm is a robust outlier in its layer (SMI).
+
+Backdoor training that touches only some units (ReD modifying a few units, ReX adding new
+ones trained separately, Rawat et al. 2108.01644 §IV) tends to leave those units with biases or
+weight norms unlike their layer peers. Per layer we compute robust z-scores
+``(x − median) / (1.4826 · MAD)`` of the biases and of log per-unit weight norms (the 1.4826
+makes MAD a consistent estimate of a Gaussian σ; the log makes positive, skewed norms
+symmetric). The threshold is the two-sided Gaussian quantile at family-wise error α = 0.001,
+Bonferroni-corrected over every unit tested in the model, so a benign model of any size raises a
+false alarm with probability ≈ 0.1% under near-Gaussian statistics. Outliers are a weak signal
+on their own: the check warns, it never fails.
+
+Shared state written: ``ctx.shared["static.outlier_units"]`` = ``{layer_name: [output unit
+indices]}`` (same indexing as ``static.flagged_units``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
+
+MIN_UNITS = 8  # robust statistics of fewer units say nothing
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(x − median) / (1.4826·MAD); falls back to the mean absolute deviation when MAD is 0
+    (e.g. most biases exactly zero), and to ±inf for values off a constant layer."""
+    med = np.median(values)
+    dev = np.abs(values - med)
+    scale = 1.4826 * np.median(dev)
+    if scale == 0:
+        scale = 1.2533 * float(np.mean(dev))  # mean abs deviation → σ for a Gaussian
+    if scale == 0:
+        return np.zeros_like(values)
+    return (values - med) / scale
+
+
+def bonferroni_threshold(n_tests: int, alpha: float) -> float:
+    """Two-sided Gaussian quantile at family-wise error alpha over n_tests."""
+    return float(stats.norm.isf(alpha / (2 * max(n_tests, 1))))
+
+
+@register_check
+class BiasOutliersCheck(Check):
+    name = "static.bias_outliers"
+    description = "Robust z-scores of per-unit biases and weight norms (units unlike their layer peers)"
+    needed_for_clean = True
+    defaults = {"quick": {"alpha": 0.001}, "standard": {"alpha": 0.001}, "full": {"alpha": 0.001}}
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        timer = Timer()
+        gen = ctx.generator
+        if gen is None:
+            return self.skipped(f"no model loaded: {ctx.load_error or 'unknown reason'}")
+        alpha = float(self.params(ctx)["alpha"])
+        series: list[tuple[str, str, np.ndarray]] = []  # (layer, what, values per out unit)
+        for layer in gen.layers():
+            if layer.out_units < MIN_UNITS:
+                continue
+            norms = layer.weight_matrix().detach().double().norm(dim=1).cpu().numpy()
+            with np.errstate(divide="ignore"):
+                series.append((layer.name, "log_weight_norm", np.log(norms)))
+            if layer.bias is not None:
+                series.append((layer.name, "bias", layer.bias.detach().double().cpu().numpy()))
+        if not series:
+            return self.skipped(f"no layer has at least {MIN_UNITS} units")
+        n_tests = sum(v.size for _, _, v in series)
+        threshold = bonferroni_threshold(n_tests, alpha)
+        per_layer: list[dict[str, Any]] = []
+        outliers: dict[str, set[int]] = {}
+        worst = 0.0
+        for layer_name, what, values in series:
+            finite = np.isfinite(values)
+            z = np.full(values.shape, np.inf)
+            if finite.any():
+                z[finite] = robust_z(values[finite])
+            z[np.isnan(values)] = np.inf  # NaN weights: certainly not like the peers
+            absz = np.abs(z)
+            idx = np.flatnonzero(absz > threshold)
+            worst = max(worst, float(absz.max()))
+            if idx.size:
+                outliers.setdefault(layer_name, set()).update(idx.tolist())
+            per_layer.append(
+                {
+                    "layer": layer_name,
+                    "statistic": what,
+                    "units": int(values.size),
+                    "max_abs_z": float(absz.max()),
+                    "outliers": idx[:256],
+                    "outlier_z": z[idx[:256]],
+                }
+            )
+        shared = {k: sorted(v) for k, v in outliers.items()}
+        ctx.shared["static.outlier_units"] = shared
+        n_out = sum(len(v) for v in shared.values())
+        evidence = {"threshold_abs_z": threshold, "alpha": alpha, "units_tested": n_tests, "layers": per_layer}
+        if n_out:
+            status, summary = "warn", f"{n_out} unit(s) with outlying bias/weight norm in {len(shared)} layer(s)"
+        else:
+            status, summary = "pass", f"no unit's bias or weight norm exceeds |z| = {threshold:.2f}"
+        return self.result(
+            status, summary, score=worst, threshold=threshold, evidence=evidence, duration_s=timer.elapsed
+        )
