@@ -137,7 +137,9 @@ def _check_finite(ins: _Inspection) -> None:
         ins.report.problem = f"weights contain NaN/Inf values in {len(bad)} tensor(s): {listing}"
 
 
-def _inspect(data: bytes, *, path: Path | None, limits: LoadLimits, load_weights: bool) -> _Inspection:
+def _inspect(
+    data: bytes, *, path: Path | None, limits: LoadLimits, load_weights: bool, fit_metadata_architecture: bool = True
+) -> _Inspection:
     fmt = detect.detect_format(data)
     report = FileReport(path=str(path) if path else "<bytes>", format=fmt, size_bytes=len(data))
     ins = _Inspection(report)
@@ -148,7 +150,7 @@ def _inspect(data: bytes, *, path: Path | None, limits: LoadLimits, load_weights
             ins.metadata, ins.tensors = header.metadata, tensors
             if tensors is not None:
                 _check_finite(ins)
-                if not report.problem and META_ARCHITECTURE in header.metadata:
+                if fit_metadata_architecture and not report.problem and META_ARCHITECTURE in header.metadata:
                     # The file names its architecture: say now whether the weights fit it.
                     arch, config, _ = _fit_registry(
                         tensors,
@@ -376,7 +378,9 @@ def load_generator(
     limits = limits or DEFAULT_LIMITS
     path = Path(path)
     data = _read_bounded(path, limits)
-    ins = _inspect(data, path=path, limits=limits, load_weights=True)
+    # An explicit architecture overrides the file's metadata, so only check the metadata's own claim otherwise.
+    explicit = architecture is not None or architecture_config is not None
+    ins = _inspect(data, path=path, limits=limits, load_weights=True, fit_metadata_architecture=not explicit)
     report = ins.report
     if report.rejected:
         raise _rejection(report)
