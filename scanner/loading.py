@@ -416,6 +416,8 @@ def load_generator(
                 source_format="torch_state_dict",
                 limits=limits,
             )
+    except InvalidModelError as exc:
+        raise InvalidModelError(f"{path.name}: {exc}") from None
     except ScannerError:
         raise
     except ImportError as exc:

@@ -301,8 +301,12 @@ def _pt2_hiding_pickle(d: Path) -> bytes:
 
 
 def _torchscript(_d: Path) -> bytes:
+    import warnings
+
     buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still what people upload
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buf)
     return buf.getvalue()
 
 
