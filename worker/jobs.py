@@ -224,20 +224,30 @@ def upload_artifacts(store: ObjectStore, inputs: ScanInputs, artifacts_dir: Path
             )
 
 
-def store_reports(store: ObjectStore, inputs: ScanInputs, report: dict[str, Any], workdir: Path) -> dict[str, str]:
-    """Store the JSON report (the source of truth) and its SARIF and HTML renderings."""
-    from scanner import reports as scanner_reports
+def store_reports(
+    store: ObjectStore, inputs: ScanInputs, report: dict[str, Any], artifacts_dir: Path
+) -> dict[str, str]:
+    """Store the JSON report (the source of truth) and its SARIF 2.1.0 and HTML renderings."""
+    from scanner.reports import dump_json, render_html, render_sarif
 
     prefix = scan_prefix(inputs.tenant_id, inputs.scan_id) + "report."
+    bodies = {
+        "json": (dump_json(report), "application/json"),
+        "sarif": (json.dumps(render_sarif(report), indent=2), "application/sarif+json"),
+        "html": (render_html(report, artifacts_dir=artifacts_dir), "text/html; charset=utf-8"),
+    }
     keys: dict[str, str] = {}
-    store.put_bytes(prefix + "json", json.dumps(report, indent=2).encode(), "application/json")
-    keys["json"] = prefix + "json"
-    for fmt, media_type in (("sarif", "application/sarif+json"), ("html", "text/html; charset=utf-8")):
-        body = scanner_reports.render(report, fmt)  # type: ignore[attr-defined]
-        data = body.encode() if isinstance(body, str) else bytes(body)
-        store.put_bytes(prefix + fmt, data, media_type)
+    for fmt, (body, media_type) in bodies.items():
+        store.put_bytes(prefix + fmt, body.encode("utf-8"), media_type)
         keys[fmt] = prefix + fmt
     return keys
+
+
+def restore_client_names(report: dict[str, Any], inputs: ScanInputs) -> None:
+    """The scanner saw files under names we chose; the report shows the (sanitized) names the client sent."""
+    report.setdefault("model", {})["file_name"] = inputs.model_filename
+    for entry, target in zip(report.get("targets", []), inputs.targets, strict=False):
+        entry["file_name"] = target.get("filename", entry.get("file_name"))
 
 
 def finish(scan_id: str, status: ScanStatus, **values: Any) -> bool:
@@ -275,9 +285,10 @@ def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
             positions = {name: i for i, name in enumerate(session_obj.order)}
             report_obj = execute_scan(session_obj, progress=progress_recorder(scan_id, session_obj, positions))
             report = report_obj.to_dict()
+            restore_client_names(report, inputs)
             record_checks(scan_id, report_obj.checks, positions)
             upload_artifacts(store, inputs, artifacts_dir, report)
-            report_keys = store_reports(store, inputs, report, workdir)
+            report_keys = store_reports(store, inputs, report, artifacts_dir)
             finish(
                 scan_id,
                 ScanStatus.succeeded,
