@@ -132,6 +132,11 @@ _PUT_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _GET_OPCODES = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _EXT_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 
+
+class _OpcodeLimitExceeded(Exception):
+    """The pickle has more opcodes than LoadLimits.max_pickle_opcodes."""
+
+
 _MARK = object()  # the MARK sentinel on the simulated stack
 _UNKNOWN = object()  # any value the simulation does not track
 
@@ -215,7 +220,7 @@ def _walk(
     for info, arg, pos in pickletools.genops(stream):
         result.opcodes += 1
         if result.opcodes > limits.max_pickle_opcodes:
-            raise ValueError(f"more than {limits.max_pickle_opcodes} opcodes (LoadLimits.max_pickle_opcodes)")
+            raise _OpcodeLimitExceeded(f"more than {limits.max_pickle_opcodes} opcodes (LoadLimits.max_pickle_opcodes)")
         name = info.name
         end = stream.tell()
         if name == "STOP":
@@ -337,13 +342,22 @@ def scan_pickle(
         result.problem = "empty pickle"
         return result
     offset = 0
+    over_limit = False
     try:
         while offset < len(data):
             offset = _walk(data, offset, allowlist, member, limits, result)
             if not stacked:
                 break
+    except _OpcodeLimitExceeded as exc:
+        result.problem = str(exc)
+        over_limit = True
     except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError, MemoryError) as exc:
         result.problem = f"corrupt or truncated pickle: {exc}"
+    if over_limit:
+        # fickling decodes every opcode into an object before its own limits apply: do not hand it
+        # a pickle we already know is oversized (that is a memory DoS), the problem alone rejects it.
+        result.fickling_severity = "NOT_RUN"
+        return result
 
     # Second reader. A failure here is not a finding by itself (the walk above is the gate),
     # but every import it reports is held against the allowlist too.
