@@ -130,3 +130,83 @@ def create_key(db_url: str, tenant: str, scopes: tuple[str, ...] = ("scans:read"
 
     with session_scope(db_url) as session:
         return _create(session, tenant, scopes).key
+
+
+def upload(client: httpx.Client, model: Path, targets: list[Path] = (), config: dict | None = None) -> httpx.Response:
+    """POST /v1/scans with a model, target hints and a JSON config (multipart, streamed from files)."""
+    import json
+
+    files: list[tuple[str, tuple]] = [("model", (model.name, model.open("rb"), "application/octet-stream"))]
+    files += [("targets", (t.name, t.open("rb"), "application/octet-stream")) for t in targets]
+    data = {"config": json.dumps(config)} if config is not None else None
+    try:
+        return client.post("/v1/scans", files=files, data=data)
+    finally:
+        for _, (_, fh, _) in files:
+            fh.close()
+
+
+def wait_scan(client: httpx.Client, scan_id: str, timeout_s: float = 240) -> dict:
+    """Poll GET /v1/scans/{id} until a terminal status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/scans/{scan_id}").json()
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        time.sleep(0.5)
+    raise TimeoutError(f"scan {scan_id} not finished after {timeout_s}s: {body}")
+
+
+def raw_chunked_upload(url: str, key: str, filler_bytes: int, chunk: int = 1 << 20) -> tuple[int, int, bytes]:
+    """Send a chunked multipart upload of `filler_bytes` over a raw socket, reading for a response
+    after every chunk. Returns (HTTP status, bytes sent before the response arrived, body)."""
+    import select
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    boundary = "dgmscanboundary"
+    head = (
+        f"POST /v1/scans HTTP/1.1\r\nHost: {parts.hostname}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+
+    def send_chunk(data: bytes) -> None:
+        sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    send_chunk(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="big.safetensors"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+    )
+    sent = 0
+    response = b""
+    block = b"\0" * chunk
+    try:
+        while sent < filler_bytes:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            send_chunk(block)
+            sent += len(block)
+        else:
+            send_chunk(f"\r\n--{boundary}--\r\n".encode())
+            sock.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed: read what it said
+    sock.settimeout(30)
+    try:
+        while b"\r\n\r\n" not in response or len(response) < response.find(b"\r\n\r\n") + 4:
+            data = sock.recv(65536)
+            if not data:
+                break
+            response += data
+        # read the (small) JSON body too
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):
+            while data := sock.recv(65536):
+                response += data
+    finally:
+        sock.close()
+    status = int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
+    return status, sent, response.split(b"\r\n\r\n", 1)[-1]

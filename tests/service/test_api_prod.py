@@ -1,0 +1,253 @@
+"""The service as deployed: uvicorn over real HTTP, a Celery worker process over Redis, Postgres,
+SeaweedFS S3. Plumbing tests narrow the scan with `only`; detection runs on models built here."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from svc_helpers import S3Server, raw_chunked_upload, upload, wait_scan
+from svc_models import TARGET_PNG, make_benign, make_malicious_pickle
+
+PLUMBING = {"profile": "quick", "only": ["format", "static.bias_outliers"]}
+
+
+@pytest.fixture(scope="module")
+def benign_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_benign(tmp_path_factory.mktemp("models") / "benign.safetensors")
+
+
+def _tenant_id(db_url: str, name: str) -> str:
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        tid = conn.execute(sa.text("SELECT id FROM tenants WHERE name = :n"), {"n": name}).scalar_one()
+    engine.dispose()
+    return tid
+
+
+def _count_scans(db_url: str, tenant_id: str) -> int:
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM scans WHERE tenant_id = :t"), {"t": tenant_id}).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
+def test_auth_missing_wrong_and_scope(prod_api, tenant_keys, benign_model) -> None:
+    with prod_api.client() as anon:
+        r = anon.get("/v1/scans")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+        assert r.headers["www-authenticate"] == "Bearer"
+    with prod_api.client("dgm_" + "A" * 43) as wrong:
+        assert wrong.get("/v1/scans").status_code == 401
+    with httpx.Client(base_url=prod_api.url, headers={"X-API-Key": tenant_keys["alice"]}) as alt:
+        assert alt.get("/v1/scans").status_code == 200
+    with prod_api.client(tenant_keys["alice_ro"]) as ro:
+        assert ro.get("/v1/scans").status_code == 200
+        r = upload(ro, benign_model, config=PLUMBING)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_health_ready_metrics_and_openapi(prod_api) -> None:
+    with prod_api.client() as c:
+        assert c.get("/healthz").json() == {"status": "ok", "components": {}}
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["components"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+        spec = c.get("/openapi.json").json()
+        assert {"/v1/scans", "/v1/scans/{scan_id}", "/v1/scans/{scan_id}/report"} <= set(spec["paths"])
+        assert "multipart/form-data" in spec["paths"]["/v1/scans"]["post"]["requestBody"]["content"]
+        metrics = c.get("/metrics").text
+        assert 'dgmscan_http_requests_total{method="GET",route="/healthz",status="200"}' in metrics
+
+
+def test_scan_round_trip_tenant_isolation_reports_and_artifacts(
+    prod_api, prod_worker, tenant_keys, benign_model, s3_server: S3Server, migrated_pg: str
+) -> None:
+    with prod_api.client(tenant_keys["alice"]) as alice, prod_api.client(tenant_keys["bob"]) as bob:
+        r = upload(alice, benign_model, [TARGET_PNG], PLUMBING)
+        assert r.status_code == 202, r.text
+        created = r.json()
+        assert created["status"] == "queued" and r.headers["location"].endswith(created["id"])
+        assert created["model"]["filename"] == "benign.safetensors"
+        scan = wait_scan(alice, created["id"])
+        assert scan["status"] == "succeeded", scan
+        assert scan["verdict"] == "clean" and scan["progress"] == 1.0
+        names = [c["name"] for c in scan["checks"]]
+        assert "format.detection" in names and "static.bias_outliers" in names
+        assert all(c["status"] == "pass" for c in scan["checks"])
+
+        # content-addressed: the model object is keyed by its sha256
+        tid = _tenant_id(migrated_pg, "alice")
+        assert f"tenants/{tid}/blobs/sha256/{scan['model']['sha256']}" in s3_server.keys(f"tenants/{tid}/blobs/")
+
+        # another tenant sees nothing: 404 like a missing scan, absent from its list
+        for path in ("", "/report", "/artifacts", "/sanitized-model"):
+            assert bob.get(f"/v1/scans/{scan['id']}{path}").status_code == 404
+        assert bob.delete(f"/v1/scans/{scan['id']}").status_code == 404
+        assert scan["id"] not in [s["id"] for s in bob.get("/v1/scans").json()["items"]]
+
+        report = alice.get(f"/v1/scans/{scan['id']}/report").json()
+        assert report["verdict"] == "clean" and report["model"]["file_name"] == "benign.safetensors"
+        sarif = alice.get(f"/v1/scans/{scan['id']}/report", params={"format": "sarif"}).json()
+        assert sarif["version"] == "2.1.0"
+        html = alice.get(f"/v1/scans/{scan['id']}/report", params={"format": "html"})
+        assert html.headers["content-type"].startswith("text/html") and "<html" in html.text
+        assert "default-src 'none'" in html.headers["content-security-policy"]
+        assert alice.get(f"/v1/scans/{scan['id']}/report", params={"format": "pdf"}).status_code == 422
+
+        arts = alice.get(f"/v1/scans/{scan['id']}/artifacts").json()["items"]
+        assert arts, "the target hint picture at least"
+        first = arts[0]
+        redirect = alice.get(f"/v1/scans/{scan['id']}/artifacts/{first['name']}")
+        assert redirect.status_code == 307 and s3_server.endpoint in redirect.headers["location"]
+        blob = httpx.get(redirect.headers["location"], timeout=30)
+        assert blob.status_code == 200 and len(blob.content) == first["size_bytes"]
+        for bad in ("../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "targets/../x", "nonexistent.png"):
+            assert alice.get(f"/v1/scans/{scan['id']}/artifacts/{bad}").status_code == 404
+
+        # the finished scan cannot be canceled
+        assert alice.delete(f"/v1/scans/{scan['id']}").status_code == 409
+
+        listed = alice.get("/v1/scans", params={"verdict": "clean", "status": "succeeded"}).json()["items"]
+        assert scan["id"] in [s["id"] for s in listed]
+        assert alice.get("/v1/scans", params={"status": "bogus"}).status_code == 422
+
+
+def test_pickle_is_rejected_and_never_executed(prod_api, prod_worker, tenant_keys, tmp_path: Path) -> None:
+    evil = make_malicious_pickle(tmp_path / "generator.pt")
+    with prod_api.client(tenant_keys["alice"]) as alice:
+        r = upload(alice, evil, config={"profile": "quick", "only": ["format"]})
+        assert r.status_code == 202, r.text
+        scan = wait_scan(alice, r.json()["id"])
+        assert scan["status"] == "succeeded" and scan["verdict"] == "rejected", scan
+        report = alice.get(f"/v1/scans/{scan['id']}/report").json()
+        assert report["load_error"] and "rejected" in report["load_error"]
+        assert any("pickle" in f["code"] for f in report["findings"])
+    assert not Path("/tmp/dgmscan-pwned").exists()
+
+
+def test_oversize_upload_gets_413_while_streaming_and_leaves_nothing(
+    prod_api, tenant_keys, s3_server: S3Server, migrated_pg: str
+) -> None:
+    tid = _tenant_id(migrated_pg, "bob")
+    before = _count_scans(migrated_pg, tid)
+    limit = 8 * 1024 * 1024  # DGMSCAN_MAX_MODEL_BYTES of the test deployment
+    status, sent, body = raw_chunked_upload(prod_api.url, tenant_keys["bob"], filler_bytes=64 * 1024 * 1024)
+    assert status == 413, body
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    assert sent < 4 * limit, f"the server read {sent} bytes before answering"  # not the whole 64 MiB
+    assert _count_scans(migrated_pg, tid) == before
+    assert s3_server.keys(f"tenants/{tid}/") == []  # no temporary object, no multipart leftovers
+
+
+def test_bad_requests_leave_no_rows_or_objects(
+    prod_api, tenant_keys, benign_model, s3_server: S3Server, migrated_pg: str
+) -> None:
+    tid = _tenant_id(migrated_pg, "bob")
+    before = _count_scans(migrated_pg, tid)
+    with prod_api.client(tenant_keys["bob"]) as bob:
+        r = upload(bob, benign_model, config={"profile": "quick", "onyl": ["format"]})  # misspelt option
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_config"
+        r = upload(bob, benign_model, config={"profile": "ludicrous"})
+        assert r.status_code == 422
+        r = bob.post("/v1/scans", files={"config": (None, "{}")})
+        assert r.status_code == 422  # no model part
+        r = bob.post("/v1/scans", content=b"{}", headers={"content-type": "application/json"})
+        assert r.status_code == 415
+        r = bob.post("/v1/scans", files={"weights": ("x.bin", b"123")})
+        assert r.status_code == 422
+    assert _count_scans(migrated_pg, tid) == before
+    assert s3_server.keys(f"tenants/{tid}/") == []
+
+
+def test_cancel_running_scan_and_signed_webhook(prod_api, prod_worker, tenant_keys, benign_model, migrated_pg) -> None:
+    from worker.webhooks import SIGNATURE_HEADER, verify
+
+    received: list[tuple[bytes, str]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((body, self.headers[SIGNATURE_HEADER]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = {
+            "profile": "quick",
+            "only": ["format", "dynamic", "bf_oi"],  # several seconds: time to cancel between checks
+            "callback_url": f"http://127.0.0.1:{server.server_port}/hook",
+        }
+        with prod_api.client(tenant_keys["alice"]) as alice:
+            scan_id = upload(alice, benign_model, config=config).json()["id"]
+            for _ in range(600):  # wait until the worker has started it
+                if alice.get(f"/v1/scans/{scan_id}").json()["status"] == "running":
+                    break
+                threading.Event().wait(0.05)
+            r = alice.delete(f"/v1/scans/{scan_id}")
+            assert r.status_code == 202 and r.json()["cancel_requested"] is True
+            scan = wait_scan(alice, scan_id)
+            assert scan["status"] == "canceled", scan
+            assert scan["verdict"] is None
+        for _ in range(200):
+            if received:
+                break
+            threading.Event().wait(0.1)
+        assert received, "no webhook arrived"
+        body, signature = received[0]
+        engine = sa.create_engine(migrated_pg)
+        with engine.connect() as conn:
+            secret = conn.execute(sa.text("SELECT webhook_secret FROM tenants WHERE name='alice'")).scalar_one()
+        engine.dispose()
+        assert verify(secret, body, signature)
+        assert not verify(secret, body + b" ", signature) and not verify("wrong", body, signature)
+        payload = json.loads(body)
+        assert payload["scan"]["id"] == scan_id and payload["scan"]["status"] == "canceled"
+    finally:
+        server.shutdown()
+
+
+def test_listing_paginates_with_a_cursor(prod_api, tenant_keys, migrated_pg: str) -> None:
+    from svc_helpers import create_key
+
+    from persistence.db import session_scope
+    from persistence.models import Scan
+
+    key = create_key(migrated_pg, "pager")
+    tid = _tenant_id(migrated_pg, "pager")
+    with session_scope(migrated_pg) as s:
+        for i in range(7):
+            s.add(
+                Scan(
+                    tenant_id=tid,
+                    status="succeeded" if i % 2 else "failed",
+                    verdict="clean" if i % 2 else None,
+                    model_key="k",
+                    model_sha256=f"{i:064d}",
+                    model_size=1,
+                    model_filename=f"m{i}",
+                    model_suffix=".bin",
+                )
+            )
+    with prod_api.client(key) as c:
+        seen, cursor = [], None
+        while True:
+            page = c.get("/v1/scans", params={"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+            seen += [s["id"] for s in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert len(seen) == len(set(seen)) == 7
+        assert len(c.get("/v1/scans", params={"status": "succeeded"}).json()["items"]) == 3
+        assert c.get("/v1/scans", params={"cursor": "garbage!"}).status_code == 422
