@@ -35,6 +35,11 @@ ZIP_MAGICS: Final = (b"PK\x03\x04", b"PK\x05\x06")  # local file header, empty-a
 NPY_MAGIC: Final = b"\x93NUMPY"
 # The first tag of a serialized ModelProto is almost always field 1 (ir_version, varint).
 _ONNX_FIRST_TAG: Final = 0x08
+# Tags of ModelProto fields: (field number << 3) | wire type (varint 0 or length-delimited 2).
+_MODELPROTO_TAGS: Final = frozenset(
+    {(1 << 3) | 0, (2 << 3) | 2, (3 << 3) | 2, (4 << 3) | 2, (5 << 3) | 0, (6 << 3) | 2, (7 << 3) | 2, (8 << 3) | 2}
+    | {(14 << 3) | 2, (20 << 3) | 2, (25 << 3) | 2}
+)
 
 # First bytes of protocol-0/1 pickles: MARK, GLOBAL, EMPTY_LIST/DICT/TUPLE, a few constants.
 _PROTOCOL0_FIRST_OPCODES: Final = frozenset(b"(c]})NIFLSVlidtpg")
@@ -78,16 +83,25 @@ def _looks_like_safetensors(data: bytes) -> bool:
     return data[8:9] == b"{" and header_len > 0
 
 
-def _looks_like_onnx(data: bytes) -> bool:
-    if not data or data[0] != _ONNX_FIRST_TAG:
-        return False
+def _parses_as_onnx(data: bytes) -> bool | None:
+    """True/False: parses as a ModelProto with a graph or opsets; None: not a protobuf at all."""
     try:
         import onnx
 
         model = onnx.load_model_from_string(data)
-    except Exception:  # noqa: BLE001 - a failed parse is reported later, as truncated ONNX
-        return True  # starts like ONNX: let the ONNX reader say precisely what is wrong
+    except Exception:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        return None
     return bool(model.graph.node) or bool(model.opset_import)
+
+
+def _looks_like_onnx(data: bytes) -> bool:
+    if not data:
+        return False
+    if data[0] == _ONNX_FIRST_TAG:
+        # Starts like ONNX: even when it does not parse, let the ONNX reader say what is wrong.
+        return _parses_as_onnx(data) is not False
+    # Writers order fields by number, so other first tags are rare; accept them only if they parse.
+    return data[0] in _MODELPROTO_TAGS and bool(_parses_as_onnx(data))
 
 
 def detect_format(data: bytes) -> str:
