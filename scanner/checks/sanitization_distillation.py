@@ -1,0 +1,94 @@
+"""sanitization.distillation — distill the upload into a fresh copy on P_sample only.
+
+Rawat et al. (arXiv 2108.01644, Sec. V) note that a defender can only vouch for a generator's
+behaviour on P_sample. Distilling G* into a student with E_{z~P_sample} ||G_s(z) − G*(z)||²
+keeps that behaviour and drops whatever P_sample does not exercise — the trigger region of an
+embedded backdoor. See scanner.sanitize for the method and scanner.checks.sanitization_common
+for the statuses and the shared state (ctx.shared["sanitization.model"]).
+
+Parameters (per profile, overridable in ScanConfig.params["sanitization.distillation"]):
+- init: "perturb" (teacher weights × (1 + relative_noise·ε), default), "reinit" (fresh init),
+  "finetune" (teacher weights; weakest);
+- steps, batch_size, lr: the distillation run; time_budget_s caps it (the suite's own budget
+  for the check, if shorter, wins);
+- tolerance_factor: converged when ExpDis per element ≤ this × the upload's output variance;
+- warn_change_ratio: warn when the sanitized model changes at a recovered trigger this many
+  times more than at random latents of the same norm;
+- n_eval: held-out latents for ExpDis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
+from scanner.checks.sanitization_common import judge_and_report
+from scanner.sanitize import distill
+
+_COMMON: dict[str, Any] = {
+    "init": "perturb",
+    "relative_noise": 0.5,
+    "lr": 1e-3,
+    "tolerance_factor": 0.1,
+    "warn_change_ratio": 10.0,
+}
+
+
+@register_check
+class DistillationSanitization(Check):
+    name = "sanitization.distillation"
+    description = "Distill the model into a perturbed/fresh copy on P_sample only; compare at recovered triggers"
+    needed_for_clean = False  # a defense: its failure leaves the detectors' verdict standing
+    # recovered triggers come from OB-OI reconstruction; the sanitized model feeds ob_oi divergence
+    requires = ("ob_oi.reconstruction",)
+    defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
+        "quick": {**_COMMON, "steps": 300, "batch_size": 64, "time_budget_s": 25.0, "n_eval": 512},
+        "standard": {**_COMMON, "steps": 2000, "batch_size": 128, "time_budget_s": 300.0, "n_eval": 2048},
+        "full": {**_COMMON, "steps": 10000, "batch_size": 256, "time_budget_s": 3600.0, "n_eval": 10000},
+    }
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        if ctx.generator is None:
+            return self.skipped(f"no model loaded: {ctx.load_error or 'unknown reason'}")
+        p = self.params(ctx)
+        if p["init"] not in ("perturb", "reinit", "finetune"):
+            raise ValueError(f"{self.name}: init must be perturb, reinit or finetune, not {p['init']!r}")
+        timer = Timer()
+        original = ctx.generator.copy().eval()
+        budget = p["time_budget_s"]
+        if self.budget(ctx) is not None:
+            budget = min(budget, 0.8 * float(self.budget(ctx)))  # leave time for evaluation
+        result = distill(
+            original,
+            init=p["init"],
+            steps=int(p["steps"]),
+            batch_size=int(p["batch_size"]),
+            lr=float(p["lr"]),
+            seed=ctx.config.seed,
+            relative_noise=float(p["relative_noise"]),
+            time_budget_s=budget,
+            should_stop=ctx.should_cancel,
+        )
+        method = {
+            "method": "distillation",
+            "init": result.init,
+            "steps": result.steps,
+            "steps_requested": int(p["steps"]),
+            "stopped_early": result.stopped_early,
+            "train_seconds": result.seconds,
+            "final_train_loss_mean": result.final_loss,
+            "nonfinite_steps": result.nonfinite_steps,
+            "loss_curve": result.loss_curve,
+        }
+        out = judge_and_report(
+            self,
+            ctx,
+            original,
+            result.student,
+            method_evidence=method,
+            tolerance_factor=float(p["tolerance_factor"]),
+            warn_change_ratio=float(p["warn_change_ratio"]),
+            n_eval=int(p["n_eval"]),
+        )
+        out.duration_s = timer.elapsed
+        return out

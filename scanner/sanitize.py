@@ -1,0 +1,482 @@
+"""Sanitization of a (possibly backdoored) generator, after Rawat et al. (arXiv 2108.01644, Sec. V).
+
+The paper's defenses section argues that the one thing a defender can trust about a delivered
+generator G* is its behaviour on P_sample (that is what stealth guarantees, and what the user
+checked). Sanitization keeps exactly that and nothing else:
+
+- **Distillation** (`distill`): train a student on the teacher's outputs at z ~ P_sample only,
+  E_z ||G_s(z) − G*(z)||². Behaviour that P_sample never exercises — the trigger region of a
+  ReD/TrAIL/ReX backdoor — is not supervised, so it is not carried over. The student is the
+  same architecture, either re-initialised ("reinit", the paper's distillation into a fresh
+  model), the teacher's weights with multiplicative weight noise ("perturb": cheap, knocks the
+  precise trigger fit out of the weights, then distillation restores P_sample behaviour), or the
+  teacher's weights as they are ("finetune", weakest: a ReD backdoor survives it).
+- **Fine-pruning** (`fine_prune`, Liu et al. RAID 2018, as adapted in the paper's Sec. V): units
+  that are dormant on P_sample (a ReX attack's extra units, sleeper neurons) are pruned, then
+  the pruned model is fine-tuned with the same distillation loss.
+
+Metrics follow the paper (Sec. IV): ExpDis = E_z ||G_s(z) − G*(z)||² over P_sample and
+TarDis = ||G(z_trig) − x_target||². Both are returned as a sum over output elements and as a
+per-element mean (`*_sum`, `*_mean`). The caller's model is never modified (`Generator.copy()`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from scanner.generator import WEIGHT_LAYER_TYPES, Generator
+
+StudentInit = Literal["reinit", "perturb", "finetune"]
+ShouldStop = Callable[[], bool]
+
+_PER_CHANNEL_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Distance:
+    """A squared L2 distance between outputs, as a sum over elements and a per-element mean."""
+
+    sum: float
+    mean: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"sum": self.sum, "mean": self.mean}
+
+
+@torch.no_grad()
+def expected_distance(a: Generator, b: Generator, z: torch.Tensor, *, batch_size: int = 512) -> Distance:
+    """ExpDis (paper Sec. IV): E_z ||a(z) − b(z)||² over the given latents (both in eval mode).
+
+    `sum` is the expectation of the per-sample sum of squares; `mean` divides it by the number
+    of output elements.
+    """
+    total = 0.0
+    for i in range(0, z.shape[0], batch_size):
+        chunk = z[i : i + batch_size]
+        diff = a(chunk.to(a.device)).double().cpu() - b(chunk.to(b.device)).double().cpu()
+        total += float(diff.pow(2).flatten(1).sum(1).sum())
+    per_sample = total / max(z.shape[0], 1)
+    return Distance(per_sample, per_sample / a.output.numel)
+
+
+@torch.no_grad()
+def target_distance(generator: Generator, z: torch.Tensor, target: torch.Tensor) -> Distance:
+    """TarDis (paper Sec. IV): ||G(z_trig) − x_target||² for one latent (1, *latent) and one target."""
+    out = generator(z.reshape(1, *generator.latent.shape).to(generator.device)).double().cpu()
+    diff = out.reshape(-1) - target.reshape(-1).double().cpu()
+    total = float(diff.pow(2).sum())
+    return Distance(total, total / generator.output.numel)
+
+
+@torch.no_grad()
+def output_variance(generator: Generator, z: torch.Tensor, *, batch_size: int = 512) -> float:
+    """Per-element variance of G(z) over the latents, averaged over elements.
+
+    E_z ||G(z) − E G||² / numel: the scale against which an ExpDis is small or large (two
+    independent samples of G are 2× this apart on average)."""
+    outs = generator.generate(z, batch_size=batch_size).double().cpu().flatten(1)
+    if outs.shape[0] < 2:
+        return 0.0
+    return float(outs.var(0, unbiased=True).mean())
+
+
+# -- student initialisation ---------------------------------------------------------------------
+def _reinitialise(module: nn.Module, seed: int) -> int:
+    """Call reset_parameters() on every submodule that has it (fresh init); returns how many."""
+    torch.manual_seed(seed)  # reset_parameters draws from the global RNG; make it reproducible
+    count = 0
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset) and m is not module:
+            reset()
+            count += 1
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+    return count
+
+
+@torch.no_grad()
+def _perturb(module: nn.Module, relative_noise: float, generator: torch.Generator) -> None:
+    """Multiply every weight by (1 + σ·ε): relative noise keeps each layer's scale."""
+    for p in module.parameters():
+        noise = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
+        p.mul_(1.0 + relative_noise * noise)
+
+
+def make_student(teacher: Generator, init: StudentInit, *, seed: int, relative_noise: float = 0.5) -> Generator:
+    """A copy of the teacher's architecture initialised for distillation (see module docstring).
+
+    "reinit" falls back to "perturb" when the body has no resettable layers (an ONNX-executed
+    body whose layers are not torch modules); the returned student's metadata says which."""
+    student = teacher.copy()
+    used: str = init
+    if init == "reinit" and _reinitialise(student.body, seed) == 0:
+        used = "perturb"
+    if used == "perturb":
+        _perturb(student.body, relative_noise, torch.Generator().manual_seed(seed))
+    student.metadata = {**student.metadata, "sanitization_init": used}
+    return student
+
+
+# -- distillation -------------------------------------------------------------------------------
+@dataclass
+class DistillResult:
+    """The sanitized student and how its training went."""
+
+    student: Generator
+    init: str
+    steps: int
+    final_loss: float  # per-element mean squared error on the last batch
+    stopped_early: bool  # a time budget or cancellation cut training short
+    seconds: float
+    nonfinite_steps: int = 0
+    loss_curve: list[float] = field(default_factory=list)  # every ~10% of steps
+
+
+def _set_trainable(student: Generator) -> list[torch.nn.Parameter]:
+    student.eval()  # BatchNorm keeps running statistics fixed: per-sample behaviour, as deployed
+    params = []
+    for p in student.parameters():
+        if p.is_floating_point():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+def distill_into(
+    student: Generator,
+    teacher: Generator,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    time_budget_s: float | None = None,
+    should_stop: ShouldStop | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> DistillResult:
+    """Train `student` (in place; pass a copy) to match `teacher` on fresh z ~ P_sample batches.
+
+    The loss is the per-element mean squared output difference, the paper's ExpDis as a training
+    objective (ReD's stealth term without its fidelity term). `after_step` runs after each
+    optimiser step (fine-pruning re-applies its masks there). Training stops at `steps`, at the
+    time budget, or when `should_stop()` says so; a step whose gradient is not finite is skipped.
+    """
+    t0 = time.perf_counter()
+    frozen_teacher = teacher.copy().eval().requires_grad_(False)
+    device = student.device
+    params = _set_trainable(student)
+    optimiser = torch.optim.Adam(params, lr=lr)
+    # lr decays to 10% over the run: big steps first to leave the teacher's weights, fine ones last
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1), eta_min=lr * 0.1)
+    rng = torch.Generator().manual_seed(seed)
+    done, nonfinite, last = 0, 0, float("nan")
+    curve: list[float] = []
+    stopped = False
+    for step in range(steps):
+        if (time_budget_s is not None and time.perf_counter() - t0 > time_budget_s) or (
+            should_stop is not None and should_stop()
+        ):
+            stopped = True
+            break
+        z = student.latent.sample(batch_size, generator=rng, device=device)
+        with torch.no_grad():
+            reference = frozen_teacher(z)
+        loss = (student(z) - reference).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        last = float(loss.detach())
+        finite = math.isfinite(last) and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+        if finite:
+            optimiser.step()
+        else:
+            nonfinite += 1
+        schedule.step()
+        if after_step is not None:
+            after_step()
+        done = step + 1
+        if step % max(steps // 10, 1) == 0:
+            curve.append(last)
+    student.requires_grad_(False)
+    student.eval()
+    return DistillResult(
+        student=student,
+        init=str(student.metadata.get("sanitization_init", "finetune")),
+        steps=done,
+        final_loss=last,
+        stopped_early=stopped,
+        seconds=time.perf_counter() - t0,
+        nonfinite_steps=nonfinite,
+        loss_curve=curve,
+    )
+
+
+def distill(
+    teacher: Generator,
+    *,
+    init: StudentInit = "perturb",
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    relative_noise: float = 0.5,
+    time_budget_s: float | None = None,
+    should_stop: ShouldStop | None = None,
+) -> DistillResult:
+    """Sanitize by distillation on P_sample (paper Sec. V): a new student, the teacher untouched."""
+    student = make_student(teacher, init, seed=seed, relative_noise=relative_noise)
+    return distill_into(
+        student,
+        teacher,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed + 1,
+        time_budget_s=time_budget_s,
+        should_stop=should_stop,
+    )
+
+
+# -- fine-pruning -------------------------------------------------------------------------------
+@dataclass
+class UnitLayer:
+    """A weight layer's units and where their post-activation values can be observed."""
+
+    name: str  # the weight layer's module name in the body
+    module: nn.Module
+    out_units: int
+    affine: list[nn.Module]  # per-channel affine modules right after it (BatchNorm): pruned along
+    observe: nn.Module  # the module whose output is the units' post-activation value
+    is_output: bool  # the layer that produces G's output (never pruned)
+
+
+def _leaf_modules(body: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in body.named_modules() if n and not any(True for _ in m.children())]
+
+
+@torch.no_grad()
+def unit_layers(generator: Generator, z: torch.Tensor) -> list[UnitLayer]:
+    """Weight layers in execution order, each with its following BatchNorm and nonlinearity.
+
+    One traced forward pass records which leaf modules run in what order and what channel count
+    they emit; the leaves after a weight layer (until the next weight layer) whose channel count
+    equals its out_units are where its units are observed (the last one: after the activation).
+    """
+    order: list[tuple[str, nn.Module, int]] = []
+    handles = []
+    for name, module in _leaf_modules(generator.body):
+
+        def hook(mod: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() >= 2:
+                order.append((name, mod, int(out.shape[1])))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        generator.pre_activation(z[:2].to(generator.device))
+    finally:
+        for h in handles:
+            h.remove()
+    layers: list[UnitLayer] = []
+    seen: set[int] = set()
+    for i, (name, module, _channels) in enumerate(order):
+        if not isinstance(module, WEIGHT_LAYER_TYPES) or id(module) in seen:
+            continue
+        seen.add(id(module))
+        weight = module.weight
+        out_units = weight.shape[1] if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)) else weight.shape[0]
+        if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            out_units *= module.groups
+        affine: list[nn.Module] = []
+        observe: nn.Module = module
+        for _next_name, next_module, channels in order[i + 1 :]:
+            if isinstance(next_module, WEIGHT_LAYER_TYPES):
+                break
+            if channels != out_units:
+                continue  # a reshape or pooling changed the layout: stop following channels
+            if isinstance(next_module, _PER_CHANNEL_AFFINE) and getattr(next_module, "affine", False):
+                affine.append(next_module)
+            observe = next_module
+        layers.append(UnitLayer(name, module, out_units, affine, observe, is_output=False))
+    if layers:
+        layers[-1].is_output = True
+    return layers
+
+
+@torch.no_grad()
+def unit_activity(
+    generator: Generator, layers: list[UnitLayer], z: torch.Tensor, *, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Mean |post-activation| of every unit over z ~ P_sample and over spatial/time positions."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for layer in layers:
+
+        def hook(_mod: nn.Module, _inp: Any, out: Any, name: str = layer.name) -> None:
+            a = out.detach().abs().double().transpose(0, 1).reshape(out.shape[1], -1)
+            sums[name] = sums.get(name, 0) + a.sum(1).cpu()
+            counts[name] = counts.get(name, 0) + a.shape[1]
+
+        handles.append(layer.observe.register_forward_hook(hook))
+    try:
+        for i in range(0, z.shape[0], batch_size):
+            generator.pre_activation(z[i : i + batch_size].to(generator.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: total / max(counts[name], 1) for name, total in sums.items()}
+
+
+@dataclass
+class PruneSelection:
+    """Which units of which layer to prune, and why."""
+
+    layer: str
+    units: list[int]
+    activity: list[float]  # their mean |activation| on P_sample
+    layer_median_activity: float
+    source: str  # "activity" | "dynamic.sleeper_units"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "units": self.units,
+            "activity": self.activity,
+            "layer_median_activity": self.layer_median_activity,
+            "source": self.source,
+        }
+
+
+def select_dormant_units(
+    layers: list[UnitLayer],
+    activity: dict[str, torch.Tensor],
+    *,
+    dormant_relative: float = 0.05,
+    prune_fraction: float = 0.0,
+    extra: dict[str, list[int]] | None = None,
+) -> list[PruneSelection]:
+    """Per hidden layer: units whose activity is below `dormant_relative` × the layer's median
+    (sleepers, a ReX attack's extra units), plus the least active `prune_fraction` of units
+    (Liu et al.'s fine-pruning prunes in increasing order of activation). `extra` adds units
+    another check flagged (e.g. dynamic.sleeper_units). The output layer is never pruned, and
+    at least one unit of every layer is kept."""
+    selections: list[PruneSelection] = []
+    extra = extra or {}
+    for layer in layers:
+        if layer.is_output or layer.name not in activity:
+            continue
+        act = activity[layer.name]
+        median = float(act.median())
+        chosen = set(torch.nonzero(act <= dormant_relative * median).flatten().tolist())
+        n_fraction = int(prune_fraction * layer.out_units)
+        if n_fraction > 0:
+            chosen |= set(torch.argsort(act)[:n_fraction].tolist())
+        flagged = {u for u in extra.get(layer.name, []) if 0 <= u < layer.out_units}
+        source = "activity" if not flagged else "activity+dynamic.sleeper_units"
+        chosen |= flagged
+        if len(chosen) >= layer.out_units:  # keep the most active unit
+            chosen.discard(int(act.argmax()))
+        if chosen:
+            units = sorted(chosen)
+            selections.append(PruneSelection(layer.name, units, [float(act[u]) for u in units], median, source))
+    return selections
+
+
+def _unit_parameters(layer: UnitLayer) -> list[tuple[torch.Tensor, int]]:
+    """(parameter, dim) pairs whose slice along dim belongs to one output unit."""
+    m = layer.module
+    transposed = isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d))
+    pairs: list[tuple[torch.Tensor, int]] = [(m.weight, 1 if transposed else 0)]
+    if getattr(m, "bias", None) is not None:
+        pairs.append((m.bias, 0))
+    for a in layer.affine:
+        if getattr(a, "weight", None) is not None:
+            pairs.append((a.weight, 0))
+        if getattr(a, "bias", None) is not None:
+            pairs.append((a.bias, 0))
+    return pairs
+
+
+@dataclass
+class FinePruneResult:
+    distill: DistillResult
+    pruned: list[PruneSelection]
+    units_total: int  # hidden units considered
+
+    @property
+    def student(self) -> Generator:
+        return self.distill.student
+
+    @property
+    def units_pruned(self) -> int:
+        return sum(len(s.units) for s in self.pruned)
+
+
+def fine_prune(
+    teacher: Generator,
+    *,
+    n_activity_samples: int = 512,
+    dormant_relative: float = 0.05,
+    prune_fraction: float = 0.05,
+    extra_units: dict[str, list[int]] | None = None,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    should_stop: ShouldStop | None = None,
+) -> FinePruneResult:
+    """Fine-pruning (Liu et al. 2018; paper Sec. V): prune units dormant on P_sample, then
+    fine-tune the pruned copy on the distillation loss with the pruned units held at zero."""
+    student = teacher.copy().eval()
+    z = student.latent.sample(n_activity_samples, generator=torch.Generator().manual_seed(seed), device=student.device)
+    layers = unit_layers(student, z)
+    activity = unit_activity(student, layers, z)
+    selections = select_dormant_units(
+        layers, activity, dormant_relative=dormant_relative, prune_fraction=prune_fraction, extra=extra_units
+    )
+    mask = UnitMask(layers, selections)
+    mask.apply()
+    student.metadata = {**student.metadata, "sanitization_init": "pruned"}
+    result = distill_into(
+        student,
+        teacher,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed + 1,
+        time_budget_s=time_budget_s,
+        should_stop=should_stop,
+        after_step=mask.apply,
+    )
+    units_total = sum(layer.out_units for layer in layers if not layer.is_output)
+    return FinePruneResult(result, selections, units_total)
+
+
+class UnitMask:
+    """Zeroes pruned units in the weights themselves (and in the BatchNorm scale and shift right
+    after them), so the pruning survives export to safetensors/ONNX; `apply()` re-zeroes them
+    after every optimiser step of the fine-tuning."""
+
+    def __init__(self, layers: list[UnitLayer], selections: list[PruneSelection]) -> None:
+        by_name = {layer.name: layer for layer in layers}
+        self.slices: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        for sel in selections:
+            layer = by_name[sel.layer]
+            idx = torch.tensor(sel.units, dtype=torch.long)
+            for param, dim in _unit_parameters(layer):
+                if param.dim() > dim and param.shape[dim] == layer.out_units:
+                    self.slices.append((param, dim, idx.to(param.device)))
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for param, dim, idx in self.slices:
+            param.index_fill_(dim, idx, 0.0)
