@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from scanner.errors import InvalidTargetError
@@ -123,3 +125,46 @@ def test_decompression_bomb_refused_before_decoding(tmp_path: Path) -> None:
     (tmp_path / "bomb.png").write_bytes(buf.getvalue())
     with pytest.raises(InvalidTargetError, match="max_image_pixels"):
         load_target(tmp_path / "bomb.png", MNIST, limits=LoadLimits(max_image_pixels=1_000_000))
+
+
+def _seed_targets() -> dict[str, bytes]:
+    png, jpeg, wav, npy = io.BytesIO(), io.BytesIO(), io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)).save(png, format="PNG")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg, format="JPEG")
+    with wave.open(wav, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.arange(64, dtype="<i2").tobytes())
+    np.save(npy, np.zeros((1, 28, 28), np.float32))
+    return {"png": png.getvalue(), "jpeg": jpeg.getvalue(), "wav": wav.getvalue(), "npy": npy.getvalue()}
+
+
+TARGET_SEEDS = _seed_targets()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(TARGET_SEEDS)),
+    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=6),
+    st.one_of(st.none(), st.floats(0, 1)),
+    st.sampled_from([MNIST, RGB32_UNIT, AUDIO]),
+)
+def test_fuzzed_targets_raise_only_invalid_target_error(
+    seed: str, flips: list[tuple[float, int]], cut: float | None, spec: OutputSpec
+) -> None:
+    import tempfile
+
+    data = bytearray(TARGET_SEEDS[seed])
+    for where, value in flips:
+        data[int(where * len(data))] = value
+    if cut is not None:
+        data = data[: int(cut * len(data))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hint"
+        path.write_bytes(bytes(data))
+        try:
+            t = load_target(path, spec, limits=LoadLimits(max_image_pixels=1 << 20, max_audio_samples=1 << 20))
+        except InvalidTargetError:
+            return
+        assert t.shape == spec.shape and torch.isfinite(t).all()
