@@ -183,7 +183,7 @@ def _global_finding(qualified: str, member: str | None, how: str) -> Finding:
     where = f" in {member}" if member else ""
     return Finding(
         code="pickle.unsafe_global",
-        message=f"pickle{where} {how} {qualified}: {why}; unpickling would import and may call it",
+        message=f"pickle{where} imports {qualified} (via {how}): {why}; unpickling would import and may call it",
         severity="high",
         detail={"global": qualified, "member": member, "opcode": how, "known_dangerous": dangerous},
     )
@@ -372,7 +372,7 @@ def scan_pickle(
                 already.add(qualified)
                 if qualified not in result.globals:
                     result.globals.append(qualified)
-                result.findings.append(_global_finding(qualified, member, "imports (per fickling)"))
+                result.findings.append(_global_finding(qualified, member, "fickling's decompilation"))
     except Exception as exc:  # noqa: BLE001 - fickling on hostile bytes may raise anything
         result.fickling_severity = "ERROR"
         result.fickling_analysis = f"fickling could not analyse the pickle: {type(exc).__name__}: {exc}"[:500]
