@@ -117,12 +117,29 @@ def _inspect_onnx(path: Path | None, data: bytes, limits: LoadLimits, ins: _Insp
         return
     report.findings += list(findings)
     ins.onnx_model = model
+    ins.tensors = _onnx_float_initializers(model)
+    _check_finite(ins)
     report.header = {
         "ir_version": int(getattr(model, "ir_version", 0)),
         "opsets": {o.domain or "ai.onnx": int(o.version) for o in model.opset_import},
         "nodes": len(model.graph.node),
         "metadata": {p.key: p.value[:500] for p in model.metadata_props},
     }
+
+
+def _onnx_float_initializers(model: Any) -> dict[str, torch.Tensor]:
+    """Floating-point initializers of the main graph (already size-checked by scanner.onnx.safety)."""
+    from onnx import numpy_helper
+
+    out: dict[str, torch.Tensor] = {}
+    for init in model.graph.initializer:
+        try:
+            array = numpy_helper.to_array(init)
+        except Exception:  # noqa: BLE001 - odd encodings are the executor's business, not a finiteness question
+            continue
+        if array.dtype.kind == "f":
+            out[init.name] = torch.from_numpy(array.astype("float32"))  # a writable copy
+    return out
 
 
 def _check_finite(ins: _Inspection) -> None:
