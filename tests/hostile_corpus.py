@@ -237,6 +237,18 @@ def onnx_bytes() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+def onnx_nan_bytes() -> bytes:
+    """The tiny ONNX model with one NaN weight."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_model_from_string(onnx_bytes())
+    weight = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    weight[0, 0] = np.nan
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "W"))
+    return model.SerializeToString()
+
+
 def _writer(name: str, make: Callable[[Path], bytes]) -> Callable[[Path], Path]:
     def write(directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -527,6 +539,9 @@ SAMPLES: dict[str, Sample] = {
     ),
     "truncated_torch_zip.pt": Sample(
         _writer("truncated_torch_zip.pt", _truncate(_state_dict_zip)), "invalid", "torch zip cut in half"
+    ),
+    "onnx_nan_weights.onnx": Sample(
+        _writer("onnx_nan_weights.onnx", lambda d: onnx_nan_bytes()), "invalid", "ONNX initializer holding NaN"
     ),
     "truncated.onnx": Sample(_writer("truncated.onnx", _truncate(lambda d: onnx_bytes(), 0.6)), "invalid", "ONNX cut"),
     "truncated_pickle.pkl": Sample(
