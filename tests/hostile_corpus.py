@@ -299,6 +299,15 @@ def _duplicate_members(d: Path) -> bytes:
     return out.getvalue()
 
 
+def _mixed_roots(d: Path) -> bytes:
+    """A clean torch zip plus a malicious data.pkl under a second root folder listed first:
+    torch takes the root from the first member, so the scanned and the loaded pickle could differ."""
+    clean = zipfile.ZipFile(io.BytesIO(torch_zip_bytes(small_state_dict())))
+    entries = {"evil/data.pkl": payload_builtins_open(d)}
+    entries.update({info.filename: clean.read(info) for info in clean.infolist()})
+    return _zip(entries)
+
+
 def _pt2_hiding_pickle(d: Path) -> bytes:
     inner = replace_zip_member(torch_zip_bytes(small_state_dict()), "data.pkl", payload_builtins_exec(d))
     return _zip(
@@ -424,6 +433,11 @@ SAMPLES: dict[str, Sample] = {
     "zip_many_members.pt": Sample(_writer("zip_many_members.pt", _many_members), "invalid", "too many members"),
     "zip_duplicate_members.pt": Sample(
         _writer("zip_duplicate_members.pt", _duplicate_members), "invalid", "duplicate data.pkl (clean + malicious)"
+    ),
+    "zip_mixed_roots.pt": Sample(
+        _writer("zip_mixed_roots.pt", _mixed_roots),
+        "rejected",
+        "two root folders, the first holding a malicious pickle",
     ),
     "st_offsets_past_eof.safetensors": Sample(
         _writer(

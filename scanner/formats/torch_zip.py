@@ -132,7 +132,9 @@ def inspect_archive(data: bytes, limits: LoadLimits, *, depth: int = 0, prefix: 
         if report.kind == detect.TORCH_ZIP and (len(roots) != 1 or any("/" not in n for n in names)):
             # torch reads <root>/data.pkl with <root> taken from the first member: mixed roots
             # would let the scanned data.pkl differ from the one torch loads.
-            report.problem = f"torch zip with several root folders {sorted(roots)[:5]}: ambiguous archive"
+            report.problem = (
+                f"torch zip members do not share one root folder (roots {sorted(roots)[:5]}): ambiguous archive"
+            )
         for info in infos:
             if info.is_dir():
                 continue
