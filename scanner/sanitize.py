@@ -256,6 +256,7 @@ class UnitLayer:
     affine: list[nn.Module]  # per-channel affine modules right after it (BatchNorm): pruned along
     observe: nn.Module  # the module whose output is the units' post-activation value
     is_output: bool  # the layer that produces G's output (never pruned)
+    aliases: tuple[str, ...] = ()  # names of the following modules that carry the same units
 
 
 def _leaf_modules(body: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -296,7 +297,8 @@ def unit_layers(generator: Generator, z: torch.Tensor) -> list[UnitLayer]:
             out_units *= module.groups
         affine: list[nn.Module] = []
         observe: nn.Module = module
-        for _next_name, next_module, channels in order[i + 1 :]:
+        aliases: list[str] = []
+        for next_name, next_module, channels in order[i + 1 :]:
             if isinstance(next_module, WEIGHT_LAYER_TYPES):
                 break
             if channels != out_units:
@@ -304,7 +306,8 @@ def unit_layers(generator: Generator, z: torch.Tensor) -> list[UnitLayer]:
             if isinstance(next_module, _PER_CHANNEL_AFFINE) and getattr(next_module, "affine", False):
                 affine.append(next_module)
             observe = next_module
-        layers.append(UnitLayer(name, module, out_units, affine, observe, is_output=False))
+            aliases.append(next_name)
+        layers.append(UnitLayer(name, module, out_units, affine, observe, is_output=False, aliases=tuple(aliases)))
     if layers:
         layers[-1].is_output = True
     return layers
@@ -366,7 +369,8 @@ def select_dormant_units(
     """Per hidden layer: units whose activity is below `dormant_relative` × the layer's median
     (sleepers, a ReX attack's extra units), plus the least active `prune_fraction` of units
     (Liu et al.'s fine-pruning prunes in increasing order of activation). `extra` adds units
-    another check flagged (e.g. dynamic.sleeper_units). The output layer is never pruned, and
+    another check flagged (e.g. dynamic.sleeper_units), keyed by the weight layer's name or the
+    name of a module right after it (its BatchNorm or activation). The output layer is never pruned, and
     at least one unit of every layer is kept."""
     selections: list[PruneSelection] = []
     extra = extra or {}
@@ -379,7 +383,7 @@ def select_dormant_units(
         n_fraction = int(prune_fraction * layer.out_units)
         if n_fraction > 0:
             chosen |= set(torch.argsort(act)[:n_fraction].tolist())
-        flagged = {u for u in extra.get(layer.name, []) if 0 <= u < layer.out_units}
+        flagged = {u for key in (layer.name, *layer.aliases) for u in extra.get(key, []) if 0 <= u < layer.out_units}
         source = "activity" if not flagged else "activity+dynamic.sleeper_units"
         chosen |= flagged
         if len(chosen) >= layer.out_units:  # keep the most active unit

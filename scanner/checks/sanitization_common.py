@@ -160,7 +160,7 @@ def export_sanitized(ctx: ScanContext, check_name: str, sanitized: Generator) ->
 
         path = ctx.artifact_path(base + ".onnx")
         export_onnx(sanitized, path)
-        return Artifact(path.name and base + ".onnx", "application/onnx", "sanitized generator (ONNX)"), None
+        return Artifact(base + ".onnx", "application/onnx", "sanitized generator (ONNX)"), None
     except ImportError:
         problems.append("ONNX export unavailable")
     except Exception as exc:  # an exporter limitation must not lose the sanitized model
