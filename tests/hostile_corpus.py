@@ -484,6 +484,11 @@ SAMPLES: dict[str, Sample] = {
         "invalid",
         "header length field larger than the file",
     ),
+    "st_header_len_past_eof.safetensors": Sample(
+        _writer("st_header_len_past_eof.safetensors", lambda d: struct.pack("<Q", 4096) + b'{"w": {}}' + bytes(64)),
+        "invalid",
+        "header length field (within the header limit) pointing past the end of the file",
+    ),
     "st_bad_json.safetensors": Sample(
         _writer("st_bad_json.safetensors", lambda d: struct.pack("<Q", 10) + b"{not json!"),
         "invalid",

@@ -60,6 +60,15 @@ def test_inspect_file_reports_instead_of_raising(name: str, corpus: dict[str, tu
     assert not (path.parent / CANARY_NAME).exists()
 
 
+def test_lying_header_length_is_named(corpus: dict[str, tuple[Path, str]]) -> None:
+    with pytest.raises(InvalidModelError, match="length field says 4096 bytes but the file has only"):
+        load_generator(corpus["st_header_len_past_eof.safetensors"][0])
+    with pytest.raises(InvalidModelError, match="compression ratio"):
+        load_generator(corpus["zip_bomb.pt"][0])
+    with pytest.raises(InvalidModelError, match="overlap"):
+        load_generator(corpus["st_overlapping.safetensors"][0])
+
+
 def test_canary_never_appears_after_scanning_everything(corpus: dict[str, tuple[Path, str]]) -> None:
     directory = next(iter(corpus.values()))[0].parent
     for path, _expected in corpus.values():
