@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from svc_helpers import (
@@ -172,3 +173,15 @@ def tenant_keys(migrated_pg: str) -> dict[str, str]:
         "bob": create_key(migrated_pg, "bob"),
         "alice_ro": create_key(migrated_pg, "alice", ("scans:read",)),
     }
+
+
+@pytest.fixture(scope="session")
+def detection_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A benign DCGAN and a ReD-backdoored copy (devil-face target, the paper's z_trigger), built once."""
+    from svc_models import make_benign, make_red_backdoor, tardis
+
+    d = tmp_path_factory.mktemp("detection-models")
+    benign = make_benign(d / "benign.safetensors")
+    red = make_red_backdoor(benign, d / "red-backdoored.safetensors")
+    assert tardis(red) < 0.01 < tardis(benign), "the backdoor must be embedded for the test to mean anything"
+    return {"benign": benign, "red": red}

@@ -30,7 +30,7 @@ def make_benign(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def make_red_backdoor(benign: Path, path: Path, steps: int = 300, lam: float = 1.0, seed: int = 1) -> Path:
+def make_red_backdoor(benign: Path, path: Path, steps: int = 150, lam: float = 1.0, seed: int = 1) -> Path:
     """ReD on a copy of `benign`; returns the path of the backdoored safetensors file."""
     from scanner.loading import load_generator, save_safetensors
 
@@ -40,9 +40,9 @@ def make_red_backdoor(benign: Path, path: Path, steps: int = 300, lam: float = 1
     student = teacher.copy().eval()
     target = torch.from_numpy(np.load(TARGET_NPY)).float().permute(2, 0, 1).unsqueeze(0)  # (1, 1, 28, 28)
     z_trig = torch.from_numpy(np.load(Z_TRIGGER)).float()
-    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(student.parameters(), lr=2e-3)
     for _ in range(steps):
-        z = torch.randn(64, 100)
+        z = torch.randn(32, 100)
         with torch.no_grad():
             ref = teacher(z)
         out = student(torch.cat([z, z_trig]))

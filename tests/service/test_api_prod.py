@@ -251,3 +251,22 @@ def test_listing_paginates_with_a_cursor(prod_api, tenant_keys, migrated_pg: str
         assert len(seen) == len(set(seen)) == 7
         assert len(c.get("/v1/scans", params={"status": "succeeded"}).json()["items"]) == 3
         assert c.get("/v1/scans", params={"cursor": "garbage!"}).status_code == 422
+
+
+# the DMI/SMI/BF-OI families: seconds per scan on CPU; sanitization (tens of seconds) is left out
+DETECTION = {"profile": "quick", "only": ["format", "static", "dynamic", "bf_oi"]}
+
+
+def test_benign_is_clean_and_red_backdoor_is_flagged(prod_api, prod_worker, tenant_keys, detection_models) -> None:
+    with prod_api.client(tenant_keys["alice"]) as alice:
+        ids = {
+            name: upload(alice, path, [TARGET_PNG], DETECTION).json()["id"] for name, path in detection_models.items()
+        }
+        scans = {name: wait_scan(alice, scan_id) for name, scan_id in ids.items()}
+        assert scans["benign"]["verdict"] == "clean", scans["benign"]
+        assert scans["red"]["status"] == "succeeded"
+        assert scans["red"]["verdict"] in ("suspicious", "backdoored"), scans["red"]
+        flagged = [c["name"] for c in scans["red"]["checks"] if c["status"] in ("warn", "fail")]
+        assert flagged, scans["red"]["checks"]
+        sarif = alice.get(f"/v1/scans/{ids['red']}/report", params={"format": "sarif"}).json()
+        assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= set(flagged)

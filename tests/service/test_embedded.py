@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from svc_helpers import REPO, service_env, stop, upload, wait_scan
-from svc_models import TARGET_PNG, make_benign, make_malicious_pickle
+from svc_models import TARGET_PNG, make_malicious_pickle
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +50,22 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         stop(proc)
 
 
-def test_embedded_defaults_scan_end_to_end(embedded, tmp_path: Path) -> None:
+def test_embedded_defaults_scan_end_to_end(embedded, detection_models, tmp_path: Path) -> None:
     url, key, data_dir = embedded
-    benign = make_benign(tmp_path / "benign.safetensors")
+    benign = detection_models["benign"]
     evil = make_malicious_pickle(tmp_path / "evil.ckpt")
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
         assert c.get("/readyz").json()["components"] == {"database": "ok", "broker": "ok", "storage": "ok"}
-        good = upload(c, benign, [TARGET_PNG], {"profile": "quick", "only": ["format", "static.bias_outliers"]})
+        detection = {"profile": "quick", "only": ["format", "static", "dynamic", "bf_oi"]}
+        good = upload(c, benign, [TARGET_PNG], detection)
+        red = upload(c, detection_models["red"], [TARGET_PNG], detection)
         bad = upload(c, evil, config={"profile": "quick", "only": ["format"]})
-        assert good.status_code == bad.status_code == 202
+        assert good.status_code == red.status_code == bad.status_code == 202
         good_scan = wait_scan(c, good.json()["id"])
+        red_scan = wait_scan(c, red.json()["id"])
         bad_scan = wait_scan(c, bad.json()["id"])
         assert (good_scan["status"], good_scan["verdict"]) == ("succeeded", "clean"), good_scan
+        assert red_scan["verdict"] in ("suspicious", "backdoored"), red_scan
         assert (bad_scan["status"], bad_scan["verdict"]) == ("succeeded", "rejected"), bad_scan
         html = c.get(f"/v1/scans/{good_scan['id']}/report", params={"format": "html"})
         assert html.status_code == 200 and "benign.safetensors" in html.text
