@@ -220,6 +220,8 @@ def _inspect(
         report.advice_text = exc.advice or None
     except InvalidModelError as exc:
         report.problem = str(exc)
+    except Exception as exc:  # noqa: BLE001 - untrusted input boundary: fail closed, never crash the caller
+        report.problem = f"cannot be read ({type(exc).__name__}: {str(exc)[:300]})"
     return ins
 
 
@@ -439,6 +441,8 @@ def load_generator(
         raise
     except ImportError as exc:
         raise InvalidModelError(f"{path.name}: {report.format} loading is not available here: {exc}") from None
-    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-        raise InvalidModelError(f"{path.name}: cannot build the generator: {str(exc)[:300]}") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted input boundary: fail closed with our error type
+        raise InvalidModelError(
+            f"{path.name}: cannot build the generator: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     raise InvalidModelError(f"{path.name}: format {report.format!r} is not loadable")

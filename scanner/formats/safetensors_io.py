@@ -179,7 +179,7 @@ def load_tensors(data: bytes, limits: LoadLimits = DEFAULT_LIMITS) -> tuple[Safe
 
     try:
         tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
         raise InvalidModelError(f"safetensors library refused the file: {str(exc)[:300]}") from None
     return header, tensors
 
