@@ -16,8 +16,10 @@ NaN/Inf weights make a model invalid (checks could not reason about it; Inf can 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,9 @@ from scanner.specs import LatentSpec, OutputSpec
 
 __all__ = ["FileReport", "LoadLimits", "inspect_file", "load_generator", "save_safetensors"]
 
+_REPORT_CACHE_SIZE = 16
+_REPORT_CACHE: dict[tuple[Any, ...], FileReport] = {}
+_REPORT_CACHE_LOCK = threading.Lock()
 _MAX_CONFIG_VALUE = 1 << 16  # architecture config ints (widths, latent dims): bounds model size
 
 
@@ -232,8 +237,26 @@ def inspect_file(path: Path, limits: LoadLimits | None = None) -> FileReport:
     only when the file cannot be read at all (missing, over the size limit).
     """
     limits = limits or DEFAULT_LIMITS
-    data = _read_bounded(Path(path), limits)
-    return _inspect(data, path=Path(path), limits=limits, load_weights=True).report
+    path = Path(path)
+    # A scan inspects the same file more than once (suite, format.* checks): reuse the report
+    # while the file is unchanged. Loading never uses this cache; it re-reads and re-checks.
+    try:
+        st = path.stat()
+        key: tuple[Any, ...] | None = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, limits)
+    except OSError:
+        key = None
+    with _REPORT_CACHE_LOCK:
+        cached = _REPORT_CACHE.get(key) if key is not None else None
+        if cached is not None:
+            return copy.deepcopy(cached)
+    data = _read_bounded(path, limits)
+    report = _inspect(data, path=path, limits=limits, load_weights=True).report
+    if key is not None:
+        with _REPORT_CACHE_LOCK:
+            while len(_REPORT_CACHE) >= _REPORT_CACHE_SIZE:
+                _REPORT_CACHE.pop(next(iter(_REPORT_CACHE)))
+            _REPORT_CACHE[key] = copy.deepcopy(report)
+    return report
 
 
 def _rejection(report: FileReport) -> RejectedModelError:
