@@ -146,3 +146,13 @@ def test_inspect_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert rc == 2 and info["status"] == "rejected" and info["format"] == "pickle"
     assert "dgmscan export" in info["advice"]
     assert any(f["code"] == "pickle.unsafe_global" for f in info["findings"])
+
+
+def test_inspect_cache_follows_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_safetensors(build("vae_mnist_decoder", {"hidden": 8}), path)
+    first = inspect_file(path)
+    first.findings.append("caller mutation")  # type: ignore[arg-type]
+    assert inspect_file(path).findings == []  # callers get copies
+    path.write_bytes(payload_builtins_open(tmp_path))  # replaced in place: different size and mtime
+    assert inspect_file(path).status == "rejected"
