@@ -53,9 +53,9 @@ class ScanInputs:
     config: ScanConfigIn
 
 
-def claim(scan_id: str) -> ScanInputs | None:
+def claim(db: str, scan_id: str) -> ScanInputs | None:
     """Mark the scan running (or cancel it if asked) and snapshot its inputs; None means: nothing to do."""
-    with session_scope() as session:
+    with session_scope(db) as session:
         scan = session.get(Scan, scan_id)
         if scan is None:
             log.warning("scan %s does not exist (deleted?); dropping the task", scan_id)
@@ -81,7 +81,7 @@ def claim(scan_id: str) -> ScanInputs | None:
         )
 
 
-def cancel_requested_probe(scan_id: str) -> Callable[[], bool]:
+def cancel_requested_probe(db: str, scan_id: str) -> Callable[[], bool]:
     """A cheap `should_cancel` for the scanner: reads the row at most once per second."""
     state = {"at": 0.0, "value": False}
 
@@ -89,7 +89,7 @@ def cancel_requested_probe(scan_id: str) -> Callable[[], bool]:
         now = time.monotonic()
         if not state["value"] and now - state["at"] >= CANCEL_POLL_S:
             state["at"] = now
-            with session_scope() as session:
+            with session_scope(db) as session:
                 state["value"] = bool(session.scalar(select(Scan.cancel_requested).where(Scan.id == scan_id)))
         return state["value"]
 
@@ -144,9 +144,9 @@ def model_hints(cfg: ScanConfigIn) -> dict[str, Any]:
     return hints
 
 
-def record_checks(scan_id: str, results: list[Any], positions: dict[str, int]) -> None:
+def record_checks(db: str, scan_id: str, results: list[Any], positions: dict[str, int]) -> None:
     """Upsert one row per finished check (unique (scan_id, name))."""
-    with session_scope() as session:
+    with session_scope(db) as session:
         for r in results:
             d = r.to_dict()
             upsert_check(
@@ -162,15 +162,17 @@ def record_checks(scan_id: str, results: list[Any], positions: dict[str, int]) -
             )
 
 
-def progress_recorder(scan_id: str, session_obj: Any, positions: dict[str, int]) -> Callable[[str, float], None]:
+def progress_recorder(
+    db: str, scan_id: str, session_obj: Any, positions: dict[str, int]
+) -> Callable[[str, float], None]:
     """The scanner's progress callback: row progress/current check, and rows of the checks done so far."""
     recorded: set[str] = set()
 
     def progress(check_name: str, fraction: float) -> None:
         done = [r for n, r in session_obj.ctx.results.items() if n not in recorded]
-        record_checks(scan_id, done, positions)
+        record_checks(db, scan_id, done, positions)
         recorded.update(r.name for r in done)
-        with session_scope() as session:
+        with session_scope(db) as session:
             session.execute(
                 update(Scan)
                 .where(Scan.id == scan_id, Scan.status == ScanStatus.running.value)
@@ -190,7 +192,9 @@ def _media_type(name: str, declared: dict[str, str]) -> str:
     return declared.get(name) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
-def upload_artifacts(store: ObjectStore, inputs: ScanInputs, artifacts_dir: Path, report: dict[str, Any]) -> None:
+def upload_artifacts(
+    db: str, store: ObjectStore, inputs: ScanInputs, artifacts_dir: Path, report: dict[str, Any]
+) -> None:
     """Upload every file the checks wrote and record it; names are re-validated (checks are code we
     trust, but the names may embed parts of user file names)."""
     declared: dict[str, str] = {}
@@ -203,7 +207,7 @@ def upload_artifacts(store: ObjectStore, inputs: ScanInputs, artifacts_dir: Path
             if check.get("family") == "sanitization" and a["name"].endswith(MODEL_SUFFIXES):
                 sanitized.add(a["name"])
     prefix = scan_prefix(inputs.tenant_id, inputs.scan_id) + "artifacts/"
-    with session_scope() as session:
+    with session_scope(db) as session:
         for path in sorted(p for p in artifacts_dir.rglob("*") if p.is_file()):
             name = path.relative_to(artifacts_dir).as_posix()
             if not ARTIFACT_NAME_RE.match(name) or ".." in name.split("/"):
@@ -250,17 +254,18 @@ def restore_client_names(report: dict[str, Any], inputs: ScanInputs) -> None:
         entry["file_name"] = target.get("filename", entry.get("file_name"))
 
 
-def finish(scan_id: str, status: ScanStatus, **values: Any) -> bool:
-    with session_scope() as session:
+def finish(db: str, scan_id: str, status: ScanStatus, **values: Any) -> bool:
+    with session_scope(db) as session:
         return transition(session, scan_id, status, **values)
 
 
 def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
     """Run (or re-run after a crash) one scan to a terminal status. Returns the final status."""
     settings = settings or get_settings()
-    inputs = claim(scan_id)
+    db = settings.effective_database_url
+    inputs = claim(db, scan_id)
     if inputs is None:
-        with session_scope() as session:
+        with session_scope(db) as session:
             scan = session.get(Scan, scan_id)
             return scan.status if scan is not None else "missing"
 
@@ -273,7 +278,7 @@ def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
         artifacts_dir = workdir / "artifacts"
         try:
             model_path, targets = fetch_inputs(store, inputs, workdir)
-            should_cancel = cancel_requested_probe(scan_id)
+            should_cancel = cancel_requested_probe(db, scan_id)
             session_obj = open_scan(
                 model_path,
                 targets=targets,
@@ -283,13 +288,14 @@ def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
                 **model_hints(inputs.config),
             )
             positions = {name: i for i, name in enumerate(session_obj.order)}
-            report_obj = execute_scan(session_obj, progress=progress_recorder(scan_id, session_obj, positions))
+            report_obj = execute_scan(session_obj, progress=progress_recorder(db, scan_id, session_obj, positions))
             report = report_obj.to_dict()
             restore_client_names(report, inputs)
-            record_checks(scan_id, report_obj.checks, positions)
-            upload_artifacts(store, inputs, artifacts_dir, report)
+            record_checks(db, scan_id, report_obj.checks, positions)
+            upload_artifacts(db, store, inputs, artifacts_dir, report)
             report_keys = store_reports(store, inputs, report, artifacts_dir)
             finish(
+                db,
                 scan_id,
                 ScanStatus.succeeded,
                 verdict=str(report["verdict"]),
@@ -299,26 +305,28 @@ def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
                 error=None,
             )
         except ScanCanceled as exc:
-            record_checks(scan_id, exc.partial, {r.name: i for i, r in enumerate(exc.partial)})
-            finish(scan_id, ScanStatus.canceled, current_check=None, error="canceled by request")
+            record_checks(db, scan_id, exc.partial, {r.name: i for i, r in enumerate(exc.partial)})
+            finish(db, scan_id, ScanStatus.canceled, current_check=None, error="canceled by request")
         except ScannerError as exc:  # bad target hint, bad config, unreadable file: the user's to fix
-            finish(scan_id, ScanStatus.failed, current_check=None, error=f"{type(exc).__name__}: {exc}"[:4000])
+            finish(db, scan_id, ScanStatus.failed, current_check=None, error=f"{type(exc).__name__}: {exc}"[:4000])
         except Exception as exc:
             from celery.exceptions import SoftTimeLimitExceeded
 
             if isinstance(exc, SoftTimeLimitExceeded):
-                finish(scan_id, ScanStatus.failed, current_check=None, error="scan exceeded its time limit")
+                finish(db, scan_id, ScanStatus.failed, current_check=None, error="scan exceeded its time limit")
             else:
                 log.exception("scan %s failed", scan_id)
-                finish(scan_id, ScanStatus.failed, current_check=None, error=f"internal error: {type(exc).__name__}")
-    with session_scope() as session:
+                finish(
+                    db, scan_id, ScanStatus.failed, current_check=None, error=f"internal error: {type(exc).__name__}"
+                )
+    with session_scope(db) as session:
         scan = session.get(Scan, scan_id)
         return scan.status if scan is not None else "missing"
 
 
-def scan_summary(scan_id: str) -> dict[str, Any] | None:
+def scan_summary(db: str, scan_id: str) -> dict[str, Any] | None:
     """The webhook payload: the scan's outcome (no report body; the receiver fetches it with its key)."""
-    with session_scope() as session:
+    with session_scope(db) as session:
         scan = session.get(Scan, scan_id)
         if scan is None:
             return None

@@ -30,11 +30,12 @@ def deliver_webhook(self: Task, scan_id: str) -> int | None:
     from worker.webhooks import WebhookFailed, deliver
 
     settings = get_settings()
-    payload = scan_summary(scan_id)
+    db = settings.effective_database_url
+    payload = scan_summary(db, scan_id)
     if payload is None:
         return None
     try:
-        return deliver(scan_id, payload, settings.webhook_timeout_s)
+        return deliver(db, scan_id, payload, settings.webhook_timeout_s)
     except WebhookFailed as exc:
         if self.request.retries >= settings.webhook_max_retries:
             log.warning("giving up on webhook of scan %s: %s", scan_id, exc)

@@ -43,9 +43,9 @@ class WebhookFailed(RuntimeError):
     """The receiver did not answer 2xx; the task retries."""
 
 
-def deliver(scan_id: str, payload: dict[str, Any], timeout_s: float) -> int | None:
+def deliver(db: str, scan_id: str, payload: dict[str, Any], timeout_s: float) -> int | None:
     """POST the payload to the scan's callback URL. Returns the HTTP status, None if there is no callback."""
-    with session_scope() as session:
+    with session_scope(db) as session:
         scan = session.get(Scan, scan_id)
         if scan is None or not scan.callback_url:
             return None

@@ -21,6 +21,7 @@ from svc_helpers import (
     REPO,
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
+    WORKER_LOGS,
     RunningApi,
     S3Server,
     create_key,
@@ -156,6 +157,7 @@ def prod_api(prod_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def prod_worker(prod_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
     """A real Celery worker process (prefork, 1 child) on the cpu and gpu queues, over Redis."""
     log_path = tmp_path_factory.mktemp("logs") / "worker.log"
+    WORKER_LOGS.append(log_path)
     log = open(log_path, "wb")  # noqa: SIM115 - the process owns it
     cmd = [sys.executable, str(REPO / "tests/service/svc_cli.py"), "worker", "-Q", "cpu,gpu", "-c", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=prod_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

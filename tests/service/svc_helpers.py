@@ -146,15 +146,20 @@ def upload(client: httpx.Client, model: Path, targets: list[Path] = (), config: 
             fh.close()
 
 
+WORKER_LOGS: list[Path] = []  # worker logs to quote when a scan never finishes
+
+
 def wait_scan(client: httpx.Client, scan_id: str, timeout_s: float = 240) -> dict:
     """Poll GET /v1/scans/{id} until a terminal status."""
     deadline = time.monotonic() + timeout_s
+    body: dict = {}
     while time.monotonic() < deadline:
         body = client.get(f"/v1/scans/{scan_id}").json()
         if body["status"] in ("succeeded", "failed", "canceled"):
             return body
         time.sleep(0.5)
-    raise TimeoutError(f"scan {scan_id} not finished after {timeout_s}s: {body}")
+    logs = "\n".join(p.read_text(errors="replace")[-4000:] for p in WORKER_LOGS if p.exists())
+    raise TimeoutError(f"scan {scan_id} not finished after {timeout_s}s: {body}\nworker log:\n{logs}")
 
 
 def raw_chunked_upload(url: str, key: str, filler_bytes: int, chunk: int = 1 << 20) -> tuple[int, int, bytes]:
