@@ -1,0 +1,227 @@
+"""Sanitization (Rawat et al., arXiv 2108.01644, Sec. V) on a small DCGAN backdoored with ReD.
+
+The models are built here in seconds: a benign dcgan28 (base 16) regressed onto MNIST digits
+through a fixed random projection (so z -> digit is learnable and samples vary), then a ReD
+backdoor (distillation + λ·fidelity at the paper's z_trigger with the devil target).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from scanner.architectures import build
+from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.sanitization_distillation import DistillationSanitization
+from scanner.checks.sanitization_fine_pruning import FinePruningSanitization, sleeper_units_by_layer
+from scanner.data import load_devil_target, load_mnist, load_z_trigger
+from scanner.generator import Generator
+from scanner.loading import load_generator
+from scanner.sanitize import expected_distance, fine_prune, target_distance, unit_layers
+
+N_EVAL = 512
+
+
+def train_benign_dcgan(seed: int = 0, n: int = 512, steps: int = 200) -> Generator:
+    """A benign small DCGAN: regress G(P·x) = x on MNIST digits (P a fixed random projection,
+    standardised), so G maps N(0, I) latents to varied digit-like images."""
+    torch.manual_seed(seed)
+    images, _ = load_mnist()
+    images = images[:n].reshape(n, 1, 28, 28).float()
+    rng = torch.Generator().manual_seed(seed)
+    projection = torch.randn(784, 100, generator=rng)
+    z = images.reshape(n, -1) @ projection
+    z = (z - z.mean(0)) / z.std(0)
+    g = build("dcgan28", {"base": 16}).eval()
+    optimiser = torch.optim.Adam(g.parameters(), 2e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, n, (64,), generator=rng)
+        loss = (g(z[idx]) - images[idx]).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return g.requires_grad_(False).eval()
+
+
+def red_backdoor(benign: Generator, target: torch.Tensor, z_trigger: torch.Tensor, steps: int = 300) -> Generator:
+    """ReD (paper Sec. IV): min E||G*(z) − G(z)||² + λ||G*(z_trig) − x_target||², λ = 10."""
+    attacked = benign.copy().requires_grad_(True).eval()
+    optimiser = torch.optim.Adam(attacked.parameters(), 1e-3)
+    rng = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        z = torch.randn(32, 100, generator=rng)
+        loss = (attacked(z) - benign(z)).pow(2).mean() + 10 * (attacked(z_trigger) - target).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return attacked.requires_grad_(False).eval()
+
+
+@pytest.fixture(scope="module")
+def devil() -> torch.Tensor:
+    return load_devil_target().float().reshape(1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def z_trigger() -> torch.Tensor:
+    return load_z_trigger().float().reshape(1, 100)
+
+
+@pytest.fixture(scope="module")
+def benign() -> Generator:
+    return train_benign_dcgan()
+
+
+@pytest.fixture(scope="module")
+def backdoored(benign: Generator, devil: torch.Tensor, z_trigger: torch.Tensor) -> Generator:
+    g = red_backdoor(benign, devil[None], z_trigger)
+    assert target_distance(g, z_trigger, devil).mean < 1e-2  # the backdoor took
+    return g
+
+
+def make_ctx(generator: Generator, tmp_path: Path, *, z_trigger: torch.Tensor, devil: torch.Tensor) -> ScanContext:
+    ctx = ScanContext(
+        generator=generator,
+        targets=[TargetHint("devil", devil)],
+        config=ScanConfig(profile="quick", seed=0),
+        artifacts_dir=tmp_path / "artifacts",
+    )
+    # what an OB-OI check would have recovered for the devil hint
+    ctx.shared["recovered_triggers"] = [
+        {"source": "ob_oi.reconstruction", "z": z_trigger, "output": generator(z_trigger)[0], "target": "devil"},
+        {"source": "hostile", "z": [float("nan")] * 100, "target": "devil"},  # dropped, reported
+        {"source": "wrong size", "z": [0.0] * 7},
+        "not a dict",
+    ]
+    return ctx
+
+
+def state(g: Generator) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in g.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_distillation_removes_red_backdoor_and_warns(
+    benign: Generator, backdoored: Generator, devil: torch.Tensor, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    ctx = make_ctx(backdoored, tmp_path, z_trigger=z_trigger, devil=devil)
+    before = state(backdoored)
+    result = DistillationSanitization().run(ctx)
+    assert_same_state(before, state(backdoored))  # the caller's model is untouched
+
+    ev = result.evidence
+    assert result.status == "warn", result.summary  # the trigger's behaviour did not survive
+    assert ev["converged"] and ev["expdis_mean"] <= ev["expdis_tolerance_mean"]
+    (trigger,) = ev["triggers"]
+    # TarDis at the known trigger rises by ≥ 100× (the backdoor no longer reaches the devil)
+    assert trigger["tardis_before"]["mean"] < 1e-2
+    assert trigger["tardis_ratio"] >= 100, trigger
+    assert trigger["change_ratio"] >= ev["warn_change_ratio"]
+    assert len(ev["trigger_problems"]) == 3
+
+    sanitized = ctx.shared["sanitization.model"]
+    assert isinstance(sanitized, Generator) and sanitized is not backdoored
+    z = backdoored.latent.sample(N_EVAL, generator=torch.Generator().manual_seed(5))
+    # ExpDis to the upload stays at (below) the level the attack itself moved the benign model
+    attack_gap = expected_distance(backdoored, benign, z).mean
+    assert expected_distance(sanitized, backdoored, z).mean <= attack_gap
+    assert expected_distance(sanitized, benign, z).mean <= 2 * attack_gap
+
+    # the written model loads back through the untrusted-file loader and matches
+    (artifact,) = result.artifacts
+    path = ctx.artifacts_dir / artifact.name
+    assert path.is_file() and ev["model_artifact"] == artifact.name
+    reloaded = load_generator(path)
+    zs = backdoored.latent.sample(16, generator=torch.Generator().manual_seed(6))
+    assert torch.allclose(reloaded(zs), sanitized(zs), atol=1e-4)
+    # JSON-able evidence
+    assert result.to_dict()["evidence"]["triggers"][0]["source"] == "ob_oi.reconstruction"
+
+
+def test_distillation_on_benign_model_passes(
+    benign: Generator, devil: torch.Tensor, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    ctx = make_ctx(benign, tmp_path, z_trigger=z_trigger, devil=devil)
+    result = DistillationSanitization().run(ctx)
+    assert result.status == "pass", result.summary
+    (trigger,) = result.evidence["triggers"]
+    assert trigger["change_ratio"] < result.evidence["warn_change_ratio"]
+    assert result.evidence["converged"]
+
+
+def test_distillation_that_cannot_converge_is_an_error(benign: Generator, tmp_path: Path) -> None:
+    ctx = ScanContext(
+        generator=benign,
+        targets=[],
+        config=ScanConfig(params={"sanitization.distillation": {"init": "reinit", "steps": 2}}),
+        artifacts_dir=tmp_path,
+    )
+    result = DistillationSanitization().run(ctx)
+    assert result.status == "error"
+    assert not result.evidence["converged"] and result.evidence["expdis_relative"] > 0.1
+    assert "sanitization.model" not in ctx.shared and not result.artifacts
+
+
+def test_distillation_rejects_misspelt_parameter(benign: Generator, tmp_path: Path) -> None:
+    ctx = ScanContext(
+        generator=benign,
+        targets=[],
+        config=ScanConfig(params={"sanitization.distillation": {"stepz": 2}}),
+        artifacts_dir=tmp_path,
+    )
+    with pytest.raises(ValueError, match="stepz"):
+        DistillationSanitization().run(ctx)
+
+
+def test_unit_layers_follow_batchnorm_and_activation(benign: Generator) -> None:
+    layers = unit_layers(benign, benign.sample_latent(2, seed=0))
+    names = [layer.name for layer in layers]
+    assert names == [li.name for li in benign.layers()]  # execution order == registration order here
+    first = layers[0]
+    assert first.out_units == 7 * 7 * 64 and isinstance(first.affine[0], torch.nn.BatchNorm1d)
+    assert isinstance(first.observe, torch.nn.LeakyReLU) and layers[-1].is_output
+
+
+def test_fine_pruning_keeps_pruned_units_zero(
+    backdoored: Generator, devil: torch.Tensor, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    layers = unit_layers(backdoored, backdoored.sample_latent(2, seed=0))
+    conv = layers[1]
+    ctx = make_ctx(backdoored, tmp_path, z_trigger=z_trigger, devil=devil)
+    # units the DMI check flagged, published under the activation module's name
+    ctx.shared["dynamic.sleeper_units"] = {conv.aliases[-1]: [3, 5]}
+    result = FinePruningSanitization().run(ctx)
+    assert result.status in ("pass", "warn"), result.summary
+    ev = result.evidence
+    assert ev["sleeper_units_used"] and ev["units_pruned"] >= 2
+    pruned = ctx.shared["sanitization.models"]["sanitization.fine_pruning"]
+    weight = dict(pruned.body.named_modules())[conv.name].weight  # ConvTranspose: (in, out, k, k)
+    assert float(weight[:, [3, 5]].abs().max()) == 0.0
+    (trigger,) = ev["triggers"]
+    assert trigger["tardis_ratio"] > 1  # fine-pruning moves the trigger off the target (weaker than distillation)
+
+
+def test_fine_prune_library_counts_and_masks(backdoored: Generator) -> None:
+    result = fine_prune(backdoored, steps=5, prune_fraction=0.1, n_activity_samples=64)
+    assert result.units_total == 7 * 7 * 64 + 32 + 16
+    assert result.units_pruned >= int(0.1 * 32) + int(0.1 * 16)
+    modules = dict(result.student.body.named_modules())
+    for sel in result.pruned:
+        module = modules[sel.layer]
+        dim = 1 if isinstance(module, torch.nn.ConvTranspose2d) else 0
+        assert float(module.weight.index_select(dim, torch.tensor(sel.units)).abs().max()) == 0.0
+    assert math.isfinite(result.distill.final_loss)
+
+
+def test_sleeper_units_shapes() -> None:
+    assert sleeper_units_by_layer({"4": [1, 2], "x": "bad"}) == {"4": [1, 2]}
+    assert sleeper_units_by_layer([{"layer": "0", "unit": 3}, {"layer": "0", "units": [4, True]}, 5]) == {"0": [3, 4]}
+    assert sleeper_units_by_layer(None) == {}
