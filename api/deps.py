@@ -19,7 +19,7 @@ bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer 
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, as an alternative header")
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:  # async: no threadpool hop for a lookup
     return request.app.state.settings
 
 
@@ -37,7 +37,7 @@ def get_db(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_db)]
 
 
-def get_store_dep(request: Request) -> ObjectStore:
+async def get_store_dep(request: Request) -> ObjectStore:
     return request.app.state.store
 
 
@@ -66,7 +66,7 @@ def get_principal(
 def require_scope(scope: str):
     """A dependency that checks the caller's key has `scope` (403 otherwise)."""
 
-    def checker(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def checker(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if scope not in principal.scopes:
             raise ApiError(403, "forbidden", f"this API key lacks the {scope} scope")
         return principal
