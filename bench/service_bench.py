@@ -135,8 +135,9 @@ def populate(db_url: str, n_scans: int) -> tuple[str, list[str]]:
 def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)]
-    cmd += ["--log-level", "warning", "--no-access-log"]
+    cmd += ["--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "60"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    print(f"API pid {proc.pid}, log {log}", flush=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -166,7 +167,11 @@ async def get_load(url: str, key: str, ids: list[str], n_requests: int, concurre
             while not queue.empty():
                 sid = queue.get_nowait()
                 t0 = time.perf_counter()
-                r = await client.get(f"/v1/scans/{sid}")
+                try:
+                    r = await client.get(f"/v1/scans/{sid}")
+                except httpx.TransportError:
+                    errors += 1  # counted, not retried: a dropped connection is a failed request
+                    continue
                 latencies.append(time.perf_counter() - t0)
                 if r.status_code != 200 or len(r.json()["checks"]) != len(CHECK_NAMES):
                     errors += 1

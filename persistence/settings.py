@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     scan_hard_time_limit_s: int = 3900
     # Redis re-delivers an unacked task after this; must exceed the longest scan (acks_late)
     broker_visibility_timeout_s: int = 7200
+    # fan shardable checks (BF-OI Closest-N) out over the queue as a chord; needs a result backend
+    fanout: bool = True
     worker_device: str = "cpu"  # "cuda" on GPU workers (one worker process per GPU)
     webhook_max_retries: int = 6
     webhook_timeout_s: float = 10.0

@@ -259,8 +259,27 @@ def finish(db: str, scan_id: str, status: ScanStatus, **values: Any) -> bool:
         return transition(session, scan_id, status, **values)
 
 
-def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
-    """Run (or re-run after a crash) one scan to a terminal status. Returns the final status."""
+FanoutDispatcher = Callable[[str, list[tuple[str, int, dict[str, Any]]]], None]
+
+
+def shard_key(inputs: ScanInputs, check_name: str, index: int) -> str:
+    return scan_prefix(inputs.tenant_id, inputs.scan_id) + f"shards/{check_name}/{index:04d}.json"
+
+
+def run_scan_job(
+    scan_id: str,
+    settings: Settings | None = None,
+    *,
+    dispatch_fanout: FanoutDispatcher | None = None,
+    shard_results: dict[str, list[str]] | None = None,
+) -> str:
+    """Run (or re-run after a crash) one scan to a terminal status. Returns the final status.
+
+    With `dispatch_fanout`, shardable checks (Rawat et al.'s brute-force Closest-N) are handed to it
+    as (check, index, shard) triples and the job returns "running": the chord callback calls this
+    again with `shard_results` (check -> object keys of the partials), which are merged in place of
+    running those checks.
+    """
     settings = settings or get_settings()
     db = settings.effective_database_url
     inputs = claim(db, scan_id)
@@ -270,25 +289,32 @@ def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
             return scan.status if scan is not None else "missing"
 
     from scanner.errors import ScannerError
-    from scanner.suite import ScanCanceled, execute_scan, open_scan
+    from scanner.suite import ScanCanceled, execute_scan, merge_shards, plan_scan
 
     store = get_store(settings)
     with tempfile.TemporaryDirectory(prefix=f"dgmscan-{scan_id}-") as tmp:
         workdir = Path(tmp)
         artifacts_dir = workdir / "artifacts"
         try:
-            model_path, targets = fetch_inputs(store, inputs, workdir)
-            should_cancel = cancel_requested_probe(db, scan_id)
-            session_obj = open_scan(
-                model_path,
-                targets=targets,
-                config=scanner_config(inputs.config, settings),
-                artifacts_dir=artifacts_dir,
-                should_cancel=should_cancel,
-                **model_hints(inputs.config),
-            )
+            session_obj = open_inputs(settings, store, inputs, workdir, artifacts_dir)
             positions = {name: i for i, name in enumerate(session_obj.order)}
-            report_obj = execute_scan(session_obj, progress=progress_recorder(db, scan_id, session_obj, positions))
+            if dispatch_fanout is not None and shard_results is None:
+                fan = [(s.name, i, sh) for s in plan_scan(session_obj).fanout for i, sh in enumerate(s.shards or [])]
+                if len(fan) >= 2:  # worth a round trip through the queue
+                    with session_scope(db) as session:
+                        for name in {name for name, _, _ in fan}:
+                            upsert_check(session, scan_id, name, position=positions.get(name, 0), status="running")
+                    dispatch_fanout(scan_id, fan)
+                    return ScanStatus.running.value
+            precomputed = {}
+            for name, keys in (shard_results or {}).items():
+                partials = [json.loads(b"".join(store.iter_chunks(k))) for k in sorted(keys)]
+                precomputed[name] = merge_shards(session_obj, name, partials)
+            report_obj = execute_scan(
+                session_obj,
+                progress=progress_recorder(db, scan_id, session_obj, positions),
+                precomputed=precomputed,
+            )
             report = report_obj.to_dict()
             restore_client_names(report, inputs)
             record_checks(db, scan_id, report_obj.checks, positions)
@@ -322,6 +348,58 @@ def run_scan_job(scan_id: str, settings: Settings | None = None) -> str:
     with session_scope(db) as session:
         scan = session.get(Scan, scan_id)
         return scan.status if scan is not None else "missing"
+
+
+def open_inputs(settings: Settings, store: ObjectStore, inputs: ScanInputs, workdir: Path, artifacts_dir: Path) -> Any:
+    """Fetch the scan's files and open a scanner session on them (model loaded, checks selected)."""
+    from scanner.suite import open_scan
+
+    model_path, targets = fetch_inputs(store, inputs, workdir)
+    return open_scan(
+        model_path,
+        targets=targets,
+        config=scanner_config(inputs.config, settings),
+        artifacts_dir=artifacts_dir,
+        should_cancel=cancel_requested_probe(settings.effective_database_url, inputs.scan_id),
+        **model_hints(inputs.config),
+    )
+
+
+def run_shard_job(
+    scan_id: str, check_name: str, index: int, shard: dict[str, Any], settings: Settings | None = None
+) -> str | None:
+    """Run one shard of a fanned-out check; store its JSON partial; return the object key (None if the
+    scan is finished or being canceled). Idempotent: a re-run overwrites the same key."""
+    settings = settings or get_settings()
+    db = settings.effective_database_url
+    with session_scope(db) as session:
+        scan = session.get(Scan, scan_id)
+        if scan is None or is_terminal(scan.status) or scan.cancel_requested:
+            return None
+        inputs = ScanInputs(
+            scan_id=scan.id,
+            tenant_id=scan.tenant_id,
+            model_key=scan.model_key,
+            model_suffix=scan.model_suffix,
+            model_filename=scan.model_filename,
+            targets=list(scan.targets or []),
+            config=ScanConfigIn.model_validate(scan.config or {}),
+        )
+    from scanner.suite import run_check_shard
+
+    store = get_store(settings)
+    with tempfile.TemporaryDirectory(prefix=f"dgmscan-{scan_id}-shard-") as tmp:
+        workdir = Path(tmp)
+        session_obj = open_inputs(settings, store, inputs, workdir, workdir / "artifacts")
+        partial = run_check_shard(session_obj, check_name, shard)
+    key = shard_key(inputs, check_name, index)
+    store.put_bytes(key, json.dumps(partial).encode(), "application/json")
+    return key
+
+
+def fail_scan(scan_id: str, error: str, settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    finish(settings.effective_database_url, scan_id, ScanStatus.failed, current_check=None, error=error[:4000])
 
 
 def scan_summary(db: str, scan_id: str) -> dict[str, Any] | None:

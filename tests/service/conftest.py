@@ -136,6 +136,7 @@ def prod_env(migrated_pg: str, redis_url: str, s3_server: S3Server, tmp_path_fac
     return service_env(
         DGMSCAN_DATABASE_URL=migrated_pg,
         DGMSCAN_BROKER_URL=redis_url,
+        DGMSCAN_RESULT_BACKEND=redis_url,  # enables chords: BF-OI fan-out
         DGMSCAN_STORAGE="s3",
         DGMSCAN_S3_ENDPOINT=s3_server.endpoint,
         DGMSCAN_S3_ACCESS_KEY=s3_server.access_key,

@@ -270,3 +270,27 @@ def test_benign_is_clean_and_red_backdoor_is_flagged(prod_api, prod_worker, tena
         assert flagged, scans["red"]["checks"]
         sarif = alice.get(f"/v1/scans/{ids['red']}/report", params={"format": "sarif"}).json()
         assert {r["ruleId"] for r in sarif["runs"][0]["results"]} >= set(flagged)
+
+
+def test_bf_oi_fans_out_as_shards_and_merges_to_the_in_process_result(
+    prod_api, prod_worker, tenant_keys, detection_models, s3_server: S3Server, migrated_pg: str
+) -> None:
+    def config(n_shards: int) -> dict:
+        return {
+            "profile": "quick",
+            "only": ["format", "bf_oi.closest"],
+            "params": {"bf_oi.closest": {"n_shards": n_shards}},
+        }
+
+    with prod_api.client(tenant_keys["alice"]) as alice:
+        sharded_id = upload(alice, detection_models["benign"], [TARGET_PNG], config(3)).json()["id"]
+        single_id = upload(alice, detection_models["benign"], [TARGET_PNG], config(1)).json()["id"]
+        sharded, single = wait_scan(alice, sharded_id), wait_scan(alice, single_id)
+        assert sharded["status"] == single["status"] == "succeeded", (sharded, single)
+        tid = _tenant_id(migrated_pg, "alice")
+        shard_objects = s3_server.keys(f"tenants/{tid}/scans/{sharded_id}/shards/bf_oi.closest/")
+        assert len(shard_objects) == 3, shard_objects  # three shard tasks ran and stored partials
+        assert s3_server.keys(f"tenants/{tid}/scans/{single_id}/shards/") == []  # one shard: no fan-out
+        a = next(c for c in sharded["checks"] if c["name"] == "bf_oi.closest")
+        b = next(c for c in single["checks"] if c["name"] == "bf_oi.closest")
+        assert a["status"] == b["status"] and a["score"] == pytest.approx(b["score"], rel=1e-5)
