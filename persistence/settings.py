@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     fanout: bool = True
     worker_device: str = "cpu"  # "cuda" on GPU workers (one worker process per GPU)
     webhook_max_retries: int = 6
+    # callbacks to loopback/private/link-local addresses are refused unless allowed (SSRF guard)
+    webhook_allow_private: bool = False
     webhook_timeout_s: float = 10.0
 
     api_base_url: str = "http://127.0.0.1:8000"

@@ -82,7 +82,7 @@ def fanout_failed(scan_id: str) -> None:
 def deliver_webhook(self: Task, scan_id: str) -> int | None:
     """POST the signed completion payload; retry with exponential backoff (2, 4, 8, ... s, capped)."""
     from worker.jobs import scan_summary
-    from worker.webhooks import WebhookFailed, deliver
+    from worker.webhooks import WebhookFailed, WebhookRefused, deliver
 
     settings = get_settings()
     db = settings.effective_database_url
@@ -90,7 +90,10 @@ def deliver_webhook(self: Task, scan_id: str) -> int | None:
     if payload is None:
         return None
     try:
-        return deliver(db, scan_id, payload, settings.webhook_timeout_s)
+        return deliver(db, scan_id, payload, settings.webhook_timeout_s, settings.webhook_allow_private)
+    except WebhookRefused as exc:
+        log.warning("not delivering the webhook of scan %s: %s", scan_id, exc)
+        return None
     except WebhookFailed as exc:
         if self.request.retries >= settings.webhook_max_retries:
             log.warning("giving up on webhook of scan %s: %s", scan_id, exc)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -43,7 +46,30 @@ class WebhookFailed(RuntimeError):
     """The receiver did not answer 2xx; the task retries."""
 
 
-def deliver(db: str, scan_id: str, payload: dict[str, Any], timeout_s: float) -> int | None:
+class WebhookRefused(ValueError):
+    """The callback URL points somewhere the service must not call (not retried)."""
+
+
+def check_destination(url: str, allow_private: bool) -> None:
+    """Refuse callbacks to loopback, private, link-local (cloud metadata) or reserved addresses."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookRefused(f"callback URL {url!r} is not http(s)")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as exc:
+        raise WebhookFailed(f"cannot resolve {parts.hostname}: {exc}") from exc
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        if not addr.is_global or addr.is_multicast:
+            raise WebhookRefused(f"callback host {parts.hostname} resolves to non-public address {addr}")
+
+
+def deliver(
+    db: str, scan_id: str, payload: dict[str, Any], timeout_s: float, allow_private: bool = False
+) -> int | None:
     """POST the payload to the scan's callback URL. Returns the HTTP status, None if there is no callback."""
     with session_scope(db) as session:
         scan = session.get(Scan, scan_id)
@@ -51,6 +77,7 @@ def deliver(db: str, scan_id: str, payload: dict[str, Any], timeout_s: float) ->
             return None
         tenant = session.get(Tenant, scan.tenant_id)
         url, secret = scan.callback_url, tenant.webhook_secret if tenant else ""
+    check_destination(url, allow_private)
     body = json.dumps(payload, sort_keys=True).encode()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body, int(time.time()))}
     try:

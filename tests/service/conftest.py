@@ -144,6 +144,7 @@ def prod_env(migrated_pg: str, redis_url: str, s3_server: S3Server, tmp_path_fac
         DGMSCAN_S3_BUCKET=s3_server.bucket,
         DGMSCAN_DATA_DIR=str(tmp_path_factory.mktemp("prod-var")),
         DGMSCAN_MAX_MODEL_BYTES=str(8 * 1024 * 1024),
+        DGMSCAN_WEBHOOK_ALLOW_PRIVATE="true",  # the test's receiver listens on loopback
     )
 
 

@@ -112,3 +112,18 @@ def test_celery_app_and_api_do_not_import_torch() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=service_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_webhook_signature_and_ssrf_guard() -> None:
+    import pytest
+
+    from worker.webhooks import WebhookRefused, check_destination, sign, verify
+
+    header = sign("s3cret", b'{"a":1}', 1_700_000_000)
+    assert verify("s3cret", b'{"a":1}', header, now=1_700_000_100)
+    assert not verify("s3cret", b'{"a":1}', header, now=1_700_009_999)  # stale: replay refused
+    assert not verify("s3cret", b'{"a":2}', header, now=1_700_000_100)
+    for url in ("http://127.0.0.1:8080/x", "http://169.254.169.254/latest", "http://10.0.0.5/", "ftp://example.com/"):
+        with pytest.raises(WebhookRefused):
+            check_destination(url, allow_private=False)
+    check_destination("http://127.0.0.1:8080/x", allow_private=True)
