@@ -1,0 +1,147 @@
+"""calibration.controls: ReD positive controls and non-embedded negative controls on a copy of
+the model give a ReconD threshold that separates them (Rawat et al., arXiv 2108.01644, Table 3),
+and that threshold, derived on a benign model, catches a real ReD backdoor of the devil target.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from scanner.architectures import build
+from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.calibration_controls import CalibrationControls, derive_threshold, synthetic_targets
+from scanner.data import load_devil_target, load_mnist, load_z_trigger
+from scanner.generator import Generator
+from scanner.search.recond import reconstruct
+
+
+def train_benign_dcgan(seed: int = 0, n: int = 512, steps: int = 200) -> Generator:
+    """A benign small DCGAN regressed onto MNIST digits through a fixed random projection
+    (same recipe as tests/test_sanitization.py)."""
+    torch.manual_seed(seed)
+    images, _ = load_mnist()
+    images = images[:n].reshape(n, 1, 28, 28).float()
+    rng = torch.Generator().manual_seed(seed)
+    projection = torch.randn(784, 100, generator=rng)
+    z = images.reshape(n, -1) @ projection
+    z = (z - z.mean(0)) / z.std(0)
+    g = build("dcgan28", {"base": 16}).eval()
+    optimiser = torch.optim.Adam(g.parameters(), 2e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, n, (64,), generator=rng)
+        loss = (g(z[idx]) - images[idx]).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return g.requires_grad_(False).eval()
+
+
+def red_backdoor(benign: Generator, target: torch.Tensor, z_trigger: torch.Tensor, steps: int = 300) -> Generator:
+    attacked = benign.copy().requires_grad_(True).eval()
+    optimiser = torch.optim.Adam(attacked.parameters(), 1e-3)
+    rng = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        z = torch.randn(32, 100, generator=rng)
+        loss = (attacked(z) - benign(z)).pow(2).mean() + 10 * (attacked(z_trigger) - target).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return attacked.requires_grad_(False).eval()
+
+
+@pytest.fixture(scope="module")
+def benign() -> Generator:
+    return train_benign_dcgan()
+
+
+@pytest.fixture(scope="module")
+def devil() -> torch.Tensor:
+    return load_devil_target().float().reshape(1, 28, 28)
+
+
+def run_calibration(generator: Generator, targets: list[TargetHint], tmp_path: Path) -> tuple[ScanContext, object]:
+    ctx = ScanContext(generator=generator, targets=targets, config=ScanConfig(seed=0), artifacts_dir=tmp_path)
+    return ctx, CalibrationControls().run(ctx)
+
+
+def test_calibration_without_hints_separates_controls(benign: Generator, tmp_path: Path) -> None:
+    before = {k: v.clone() for k, v in benign.state_dict().items()}
+    ctx, result = run_calibration(benign, [], tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in benign.state_dict().items())  # untouched
+
+    assert result.status == "pass", result.summary
+    ev = result.evidence
+    (control,) = ev["controls"]
+    assert control["origin"] == "synthetic" and control["embedded"]
+    assert control["tardis_after_mean"] * 20 <= control["tardis_before_mean"]
+    shared = ctx.shared["calibration.thresholds"]["ob_oi.reconstruction"]
+    threshold = shared["recon_mean"]
+    assert max(shared["positive_recon_mean"]) < threshold < min(shared["negative_recon_mean"])
+    assert shared["detection_power"] == 1.0 and shared["false_alarm_rate"] == 0.0
+    assert shared["separation"] > 2
+    assert math.isclose(shared["recon_sum"], threshold * 784)
+    assert result.threshold == threshold and result.score == 1.0
+
+
+def test_threshold_from_benign_calibration_catches_red_backdoor(
+    benign: Generator, devil: torch.Tensor, tmp_path: Path
+) -> None:
+    """Calibrate on the benign model with the devil hint, then judge ReconD(devil) with the same
+    optimiser settings: the ReD-backdoored model falls below the threshold, the benign one not."""
+    ctx, result = run_calibration(benign, [TargetHint("devil", devil)], tmp_path)
+    assert result.status == "pass", result.summary
+    (control,) = result.evidence["controls"]
+    assert control["origin"] == "hint" and control["embedded"]
+    assert {n["name"] for n in control["negatives"]} >= {"devil:flip_vertical"}
+    settings = ctx.shared["calibration.thresholds"]["ob_oi.reconstruction"]
+    threshold = settings["recon_mean"]
+
+    backdoored = red_backdoor(benign, devil[None], load_z_trigger().float().reshape(1, 100))
+
+    def recon(g: Generator) -> float:
+        out = reconstruct(
+            g, devil[None], restarts=settings["restarts"], steps=settings["steps"], lr=settings["lr"], seed=3
+        )
+        return float(out.recon_mean[0])
+
+    assert recon(backdoored) < threshold < recon(benign)
+
+
+def test_calibration_error_when_attack_cannot_take(benign: Generator, tmp_path: Path) -> None:
+    config = ScanConfig(params={"calibration.controls": {"attack_steps": 0}})
+    ctx = ScanContext(generator=benign, targets=[], config=config, artifacts_dir=tmp_path)
+    result = CalibrationControls().run(ctx)
+    assert result.status == "error" and "no control attack took" in result.summary
+    assert "calibration.thresholds" not in ctx.shared
+
+
+def test_calibration_skips_without_model(tmp_path: Path) -> None:
+    ctx = ScanContext(generator=None, targets=[], config=ScanConfig(), artifacts_dir=tmp_path, load_error="bad file")
+    assert CalibrationControls().run(ctx).status == "skipped"
+
+
+def test_derive_threshold_cases() -> None:
+    thr, power, false_alarm, sep = derive_threshold([0.01], [0.16, 0.5])
+    assert math.isclose(thr, 0.04) and power == 1.0 and false_alarm == 0.0 and math.isclose(sep, 16)
+    # overlapping controls: threshold below every negative, power drops, no false alarms
+    thr, power, false_alarm, sep = derive_threshold([0.01, 0.3], [0.2, 0.5])
+    assert math.isclose(thr, 0.1) and power == 0.5 and false_alarm == 0.0 and sep < 1
+    thr, power, _, _ = derive_threshold([], [0.2])
+    assert math.isnan(thr) and power == 0.0
+
+
+@pytest.mark.parametrize("arch", ["dcgan32", "wavegan", "vae_mnist_decoder"])
+def test_synthetic_targets_fit_output_spec(arch: str) -> None:
+    g = build(arch)
+    targets = synthetic_targets(g)
+    assert len(targets) == 3
+    low, high = g.output.value_range
+    for t in targets:
+        assert tuple(t.tensor.shape) == g.output.shape
+        assert float(t.tensor.min()) >= low and float(t.tensor.max()) <= high
+    # pairwise distinct, so the non-embedded ones are real negatives
+    assert all(not torch.equal(a.tensor, b.tensor) for i, a in enumerate(targets) for b in targets[i + 1 :])
