@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from api.deps import DbSession, ReadPrincipal, SettingsDep, StoreDep, WritePrincipal
 from api.errors import ApiError, not_found
@@ -91,8 +91,8 @@ def load_scan(db: Session, tenant_id: str, scan_id: str, *, with_children: bool 
         raise not_found()
     stmt = select(Scan).where(Scan.id == scan_id, Scan.tenant_id == tenant_id)
     if with_children:
-        stmt = stmt.options(selectinload(Scan.checks))
-    scan = db.scalar(stmt)
+        stmt = stmt.options(joinedload(Scan.checks))  # one round trip for the scan and its checks
+    scan = db.scalars(stmt).unique().first()
     if scan is None:
         raise not_found()
     return scan
