@@ -201,7 +201,7 @@ def test_fine_pruning_keeps_pruned_units_zero(
     result = FinePruningSanitization().run(ctx)
     assert result.status in ("pass", "warn"), result.summary
     ev = result.evidence
-    assert ev["sleeper_units_used"] and ev["units_pruned"] >= 2
+    assert ev["flagged_units_used"] and ev["units_pruned"] >= 2
     pruned = ctx.shared["sanitization.models"]["sanitization.fine_pruning"]
     weight = dict(pruned.body.named_modules())[conv.name].weight  # ConvTranspose: (in, out, k, k)
     assert float(weight[:, [3, 5]].abs().max()) == 0.0

@@ -9,7 +9,9 @@ over P_sample with the pruned units held at zero.
 
 Dormant units are measured here (mean |post-activation| over P_sample, per hidden layer, below
 `dormant_relative` × the layer's median, plus the least active `prune_fraction`); units the DMI
-check flagged in ctx.shared["dynamic.sleeper_units"] are pruned too when that state is present.
+check flagged in ctx.shared["dynamic.sleeper_units"] and the units of a self-contained block that
+static.block_sparsity found (ctx.shared["static.flagged_units"], ReX's added units) are pruned too
+when that state is present.
 Statuses and shared state: see scanner.checks.sanitization_common.
 """
 
@@ -22,6 +24,7 @@ from scanner.checks.sanitization_common import judge_and_report
 from scanner.sanitize import fine_prune
 
 SLEEPER_UNITS = "dynamic.sleeper_units"
+STATIC_FLAGGED_UNITS = "static.flagged_units"  # ReX block partitions found by static.block_sparsity
 
 _COMMON: dict[str, Any] = {
     "dormant_relative": 0.05,
@@ -61,7 +64,7 @@ class FinePruningSanitization(Check):
     name = "sanitization.fine_pruning"
     description = "Prune units dormant on P_sample and fine-tune on the distillation loss"
     needed_for_clean = False  # a defense: its failure leaves the detectors' verdict standing
-    requires = ("ob_oi.reconstruction", "dynamic.sleeper_units")
+    requires = ("ob_oi.reconstruction", "dynamic.sleeper_units", "static.block_sparsity")
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {**_COMMON, "steps": 200, "batch_size": 64, "time_budget_s": 20.0, "n_eval": 512, "n_activity": 512},
         "standard": {
@@ -92,6 +95,8 @@ class FinePruningSanitization(Check):
         if self.budget(ctx) is not None:
             budget = min(budget, 0.8 * float(self.budget(ctx)))
         extra = sleeper_units_by_layer(ctx.shared.get(SLEEPER_UNITS))
+        for layer, units in sleeper_units_by_layer(ctx.shared.get(STATIC_FLAGGED_UNITS)).items():
+            extra.setdefault(layer, []).extend(units)
         result = fine_prune(
             original,
             n_activity_samples=int(p["n_activity"]),
@@ -110,7 +115,7 @@ class FinePruningSanitization(Check):
             "units_pruned": result.units_pruned,
             "units_total": result.units_total,
             "pruned": [s.to_dict() for s in result.pruned],
-            "sleeper_units_used": bool(extra),
+            "flagged_units_used": bool(extra),
             "steps": result.distill.steps,
             "steps_requested": int(p["steps"]),
             "stopped_early": result.distill.stopped_early,
