@@ -176,6 +176,7 @@ def tenant_keys(migrated_pg: str) -> dict[str, str]:
         "alice": create_key(migrated_pg, "alice"),
         "bob": create_key(migrated_pg, "bob"),
         "alice_ro": create_key(migrated_pg, "alice", ("scans:read",)),
+        "fuzz": create_key(migrated_pg, "fuzz"),
     }
 
 

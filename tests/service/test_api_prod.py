@@ -186,13 +186,15 @@ def test_cancel_running_scan_and_signed_webhook(prod_api, prod_worker, tenant_ke
     try:
         config = {
             "profile": "quick",
-            "only": ["format", "dynamic", "bf_oi"],  # several seconds: time to cancel between checks
+            # a BF-OI search far too long to finish: the check polls should_cancel, the runner stops after it
+            "only": ["format", "bf_oi.closest"],
+            "params": {"bf_oi.closest": {"n_samples": 20_000_000}},
             "callback_url": f"http://127.0.0.1:{server.server_port}/hook",
         }
         with prod_api.client(tenant_keys["alice"]) as alice:
-            scan_id = upload(alice, benign_model, config=config).json()["id"]
-            for _ in range(600):  # wait until the worker has started it
-                if alice.get(f"/v1/scans/{scan_id}").json()["status"] == "running":
+            scan_id = upload(alice, benign_model, [TARGET_PNG], config).json()["id"]
+            for _ in range(1200):  # wait until the worker is inside the long check
+                if alice.get(f"/v1/scans/{scan_id}").json()["current_check"] == "bf_oi.closest":
                     break
                 threading.Event().wait(0.05)
             r = alice.delete(f"/v1/scans/{scan_id}")
