@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -265,9 +266,9 @@ async def receive_upload(request: Request, settings: Settings, store: ObjectStor
             raise ApiError(400, "client_disconnected", "the client went away during the upload") from exc
         except ApiError:
             raise
-        except Exception as exc:
-            if type(exc).__name__ == "MultipartParseError" or isinstance(exc, ValueError):
-                raise ApiError(400, "malformed_multipart", f"malformed multipart body: {exc}") from exc
+        except (FormParserError, ValueError) as exc:
+            raise ApiError(400, "malformed_multipart", f"malformed multipart body: {exc}") from exc
+        except Exception as exc:  # the object store failed while we were writing to it
             raise ApiError(503, "storage_unavailable", f"could not store the upload: {type(exc).__name__}") from exc
         if model is None:
             raise ApiError(422, "invalid_request", "the `model` file part is required")

@@ -162,6 +162,13 @@ def test_bad_requests_leave_no_rows_or_objects(
         assert r.status_code == 415
         r = bob.post("/v1/scans", files={"weights": ("x.bin", b"123")})
         assert r.status_code == 422
+        truncated = b'--xx\r\nContent-Disposition: form-data; name="model"; filename="a.onnx"\r\n\r\n' + b"A" * 3000
+        r = bob.post("/v1/scans", content=truncated, headers={"content-type": "multipart/form-data; boundary=xx"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_multipart"
+        r = bob.post(
+            "/v1/scans", content=b"garbage" * 100, headers={"content-type": "multipart/form-data; boundary=xx"}
+        )
+        assert r.status_code in (400, 422)
     assert _count_scans(migrated_pg, tid) == before
     assert s3_server.keys(f"tenants/{tid}/") == []
 
