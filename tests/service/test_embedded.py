@@ -75,3 +75,59 @@ def test_embedded_defaults_scan_end_to_end(embedded, detection_models, tmp_path:
         assert "attachment" in art.headers["content-disposition"]
     assert (data_dir / "dgmscan.db").is_file() and (data_dir / "objects").is_dir()
     assert not Path("/tmp/dgmscan-pwned").exists()
+
+
+def _serve(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str, str]:
+    env = service_env(DGMSCAN_DATA_DIR=str(data_dir))
+    cmd = [sys.executable, str(REPO / "tests/service/svc_cli.py"), "serve", "--port", "0"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = log_path.read_text().splitlines()
+        url = next((ln.split()[3] for ln in lines if ln.startswith("dgmscan API on http://")), None)
+        key = next((ln for ln in lines if ln.startswith("dgm_")), None)
+        if url and key:
+            return proc, url, key
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    stop(proc)
+    pytest.fail(f"dgmscan serve did not start: {log_path.read_text()[-3000:]}")
+
+
+def test_embedded_restart_requeues_unfinished_scans(detection_models, tmp_path: Path) -> None:
+    """The memory broker forgets queued tasks when the process stops; the next start re-enqueues them."""
+    import hashlib
+
+    from persistence.db import session_scope
+    from persistence.models import Scan, Tenant
+    from persistence.storage import LocalObjectStore, blob_key
+
+    data_dir = tmp_path / "var"
+    proc, _, _ = _serve(data_dir, tmp_path / "first.log")  # creates and migrates the SQLite database
+    stop(proc)
+    db_url = f"sqlite:///{(data_dir / 'dgmscan.db').resolve()}"
+    model = detection_models["benign"].read_bytes()
+    sha = hashlib.sha256(model).hexdigest()
+    with session_scope(db_url) as s:
+        tenant = s.query(Tenant).filter_by(name="local").one()
+        LocalObjectStore(data_dir / "objects").put_bytes(blob_key(tenant.id, sha), model)
+        scan = Scan(
+            tenant_id=tenant.id,
+            status="queued",
+            model_key=blob_key(tenant.id, sha),
+            model_sha256=sha,
+            model_size=len(model),
+            model_filename="left-over.safetensors",
+            model_suffix=".safetensors",
+            config={"profile": "quick", "only": ["format"]},
+        )
+        s.add(scan)
+    proc, url, key = _serve(data_dir, tmp_path / "second.log")
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            finished = wait_scan(c, scan.id, timeout_s=120)
+        assert finished["status"] == "succeeded" and finished["verdict"] == "clean", finished
+    finally:
+        stop(proc)
