@@ -286,7 +286,12 @@ def main() -> int:
         upload_result = upload_memory(url, key, proc.pid, args.upload_mb)
         result = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work on the box skews numbers
+            },
             "setup": {
                 "scans_stored": args.scans + args.scans // 10,
                 "scans_of_tenant": args.scans,
@@ -316,7 +321,8 @@ def main() -> int:
     )
     md = f"""# Service benchmark ({result["date"]})
 
-Machine: {result["machine"]["cpus"]} CPUs, Python {result["machine"]["python"]}. API: {result["setup"]["api"]}.
+Machine: {result["machine"]["cpus"]} CPUs, Python {result["machine"]["python"]}, load average at the end
+{result["machine"]["load_average_1_5_15"]} (other work on the machine). API: {result["setup"]["api"]}.
 Stored: {result["setup"]["scans_stored"]} scans ({result["setup"]["check_rows_per_scan"]} check rows each).
 
 GET /v1/scans/{{id}} (random ids of the tenant; each answer carries {len(CHECK_NAMES)} check rows):

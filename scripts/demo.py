@@ -28,11 +28,14 @@ TARGET_PNG = REPO / "data/targets/devil_28x28.png"
 Z_TRIGGER = REPO / "data/targets/z_trigger_100.npy"
 
 
-def dgmscan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def dgmscan_cmd(*args: str) -> list[str]:
     exe = Path(sys.executable).parent / "dgmscan"
-    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "scanner.cli", *args]
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "scanner.cli", *args]
+
+
+def dgmscan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     print("$ dgmscan " + " ".join(args), flush=True)
-    return subprocess.run(cmd, cwd=REPO, env=env, text=True)
+    return subprocess.run(dgmscan_cmd(*args), cwd=REPO, env=env, text=True)
 
 
 def train_and_attack(workdir: Path, epochs: int) -> tuple[Path, Path]:
@@ -56,8 +59,7 @@ def start_service(workdir: Path) -> tuple[subprocess.Popen, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGMSCAN_")}
     env["DGMSCAN_DATA_DIR"] = str(workdir / "var")
     log_path = workdir / "serve.log"
-    exe = Path(sys.executable).parent / "dgmscan"
-    cmd = [str(exe), "serve", "--port", "0", "--tenant", "demo"]
+    cmd = dgmscan_cmd("serve", "--port", "0", "--tenant", "demo")
     print(f"$ dgmscan serve --port 0 --tenant demo   (log: {log_path})", flush=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,26 +1,11 @@
-"""Run only the service verbs of `dgmscan` (serve, worker, keys), independent of the library verbs.
-
-`python tests/service/svc_cli.py serve --port 0` behaves like `dgmscan serve --port 0`.
-"""
+"""Run only the service verbs of `dgmscan` (serve, worker, keys): `python -m api` as a script path,
+so test subprocesses do not depend on the library verbs' imports."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from api.cli import register as register_serve
-from persistence.cli import register as register_keys
-from worker.cli import register as register_worker
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dgmscan")
-    sub = parser.add_subparsers(dest="verb", required=True)
-    for register in (register_serve, register_worker, register_keys):
-        register(sub)
-    args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
-
+from api.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())
