@@ -25,7 +25,6 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PNG = REPO / "data/targets/devil_28x28.png"
-Z_TRIGGER = REPO / "data/targets/z_trigger_100.npy"
 
 
 def dgmscan_cmd(*args: str) -> list[str]:
@@ -42,14 +41,11 @@ def train_and_attack(workdir: Path, epochs: int) -> tuple[Path, Path]:
     benign = workdir / "benign.safetensors"
     backdoored = workdir / "backdoored-red.safetensors"
     if not benign.exists():
-        r = dgmscan("train", "dcgan-mnist", "--epochs", str(epochs), "--out", str(benign))
+        r = dgmscan("train", "dcgan-mnist", "--out", str(benign), "--epochs", str(epochs), "--seed", "0")
         if r.returncode != 0:
             sys.exit(f"demo: `dgmscan train` failed ({r.returncode})")
     if not backdoored.exists():
-        r = dgmscan(
-            "attack", "red", str(benign), "--target", str(TARGET_PNG), "--trigger", str(Z_TRIGGER),
-            "--out", str(backdoored),
-        )  # fmt: skip
+        r = dgmscan("attack", "red", "--model", str(benign), "--target", str(TARGET_PNG), "--out", str(backdoored))
         if r.returncode != 0:
             sys.exit(f"demo: `dgmscan attack red` failed ({r.returncode})")
     return benign, backdoored
