@@ -172,3 +172,22 @@ def test_s3_store_round_trip_presigned_url_and_aborted_upload_leaves_nothing(s3_
     with pytest.raises(RuntimeError):
         store.put_stream("p/partial", Failing())
     assert not store.exists("p/partial")
+
+
+def test_keys_cli_prints_the_key_last_and_it_authenticates(tmp_path: Path, migrated_pg: str) -> None:
+    import subprocess
+    import sys
+
+    from svc_helpers import REPO, service_env
+
+    from persistence.db import session_scope
+
+    for env in (service_env(DGMSCAN_DATA_DIR=str(tmp_path / "var")), service_env(DGMSCAN_DATABASE_URL=migrated_pg)):
+        cmd = [sys.executable, "-m", "api", "keys", "create", "--tenant", "cli-tenant", "--scope", "scans:read"]
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        key = r.stdout.strip().splitlines()[-1]
+        db_url = env.get("DGMSCAN_DATABASE_URL") or f"sqlite:///{(tmp_path / 'var' / 'dgmscan.db').resolve()}"
+        with session_scope(db_url) as s:
+            principal = authenticate(s, key)
+            assert principal is not None and principal.scopes == frozenset({"scans:read"})
