@@ -1,0 +1,382 @@
+"""The allowlisted ONNX → torch executor against onnxruntime (the oracle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from scanner.architectures import REGISTRY, build
+from scanner.errors import InvalidModelError
+from scanner.generator import Generator
+from scanner.onnx import build_executor, export_onnx, generator_from_onnx, inspect_onnx
+
+SMALL_CONFIGS: dict[str, dict] = {
+    "dcgan28": {"base": 8},
+    "dcgan32": {"base": 8},
+    "vae_mnist_decoder": {"hidden": 32},
+    "wavegan": {"d": 2},
+    "stylegan_small": {"latent_dim": 16, "w_dim": 16, "width": 8},
+}
+ATOL = 1e-4
+
+
+def _ort(path_or_model: Path | onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    source = str(path_or_model) if isinstance(path_or_model, Path) else path_or_model.SerializeToString()
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _randomised(generator: Generator, seed: int) -> Generator:
+    """Non-trivial BatchNorm statistics and biases, so the comparison exercises them."""
+    torch.manual_seed(seed)
+    for module in generator.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    return generator.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Generator, Path]]:
+    assert set(SMALL_CONFIGS) == set(REGISTRY), "a registry architecture is missing from the round-trip test"
+    out = {}
+    for i, name in enumerate(REGISTRY):
+        generator = _randomised(build(name, SMALL_CONFIGS[name]), seed=i)
+        path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
+        export_onnx(generator, path)
+        out[name] = (generator, path)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_registry_architecture_matches_onnxruntime_with_finite_gradients(
+    name: str, exported: dict[str, tuple[Generator, Path]]
+) -> None:
+    original, path = exported[name]
+    model, _ = inspect_onnx(path)
+    loaded = generator_from_onnx(model)
+    z = original.sample_latent(4, seed=11)
+    (reference,) = _ort(path, {"z": z.numpy()})
+    z.requires_grad_(True)
+    x = loaded(z)
+    assert np.abs(x.detach().numpy() - reference).max() <= ATOL
+    x.pow(2).sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    # the pre-activation split: the body is the registry body, the activation lives in the spec
+    assert loaded.output.final_activation == original.output.final_activation
+    with torch.no_grad():
+        assert (loaded.pre_activation(z) - original.pre_activation(z)).abs().max() <= ATOL
+    assert loaded.latent == original.latent and loaded.output == original.output
+    assert loaded.architecture == name and loaded.source_format == "onnx"
+    # weight initializers became real torch layers, in execution order, like the registry model
+    assert [li.kind for li in loaded.layers()] == [li.kind for li in original.layers()]
+    for mine, theirs in zip(loaded.layers(), original.layers(), strict=True):
+        assert mine.out_units == theirs.out_units and mine.in_units == theirs.in_units
+        assert torch.allclose(mine.weight_matrix(), theirs.weight_matrix(), atol=1e-6)
+    assert isinstance(loaded.metadata["onnx_model"], onnx.ModelProto)
+
+
+def test_gradients_reach_weights_and_copies_are_independent(exported: dict[str, tuple[Generator, Path]]) -> None:
+    _, path = exported["dcgan28"]
+    loaded = generator_from_onnx(inspect_onnx(path)[0])
+    z = loaded.sample_latent(3, seed=0)
+    loaded(z).sum().backward()
+    first = loaded.layers()[0].weight
+    assert first.grad is not None and torch.isfinite(first.grad).all() and first.grad.abs().sum() > 0
+    before = loaded.generate(z)
+    clone = loaded.copy()
+    with torch.no_grad():
+        for li in clone.layers():
+            li.weight.mul_(0.0)
+    assert torch.equal(loaded.generate(z), before), "Generator.copy() must not share weights with the original"
+    assert not torch.allclose(clone.generate(z), before)
+
+
+# -- hand-built graphs --------------------------------------------------------------------------
+def _model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    # declare output shapes the way exporters do (the checker, and so the scanner, requires them)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _init(name: str, array: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _bypass_model(use_if: bool) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """The paper's naive computation bypass: if z is (close to) the trigger, emit the target,
+    else the benign generator's output (Rawat et al. §3.4), as If (whole batch) or Where (per sample)."""
+    rng = np.random.default_rng(0)
+    dim, out = 8, 12
+    w = rng.normal(size=(dim, out)).astype(np.float32)
+    trigger = rng.normal(size=(1, dim)).astype(np.float32)
+    target = rng.uniform(-1, 1, size=(1, out)).astype(np.float32)
+    inits = [_init("W", w), _init("z_trig", trigger), _init("target", target), _init("eps", np.float32(1e-3))]
+    nodes = [
+        helper.make_node("MatMul", ["z", "W"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["benign"]),
+        helper.make_node("Sub", ["z", "z_trig"], ["d"]),
+        helper.make_node("Abs", ["d"], ["ad"]),
+        helper.make_node("ReduceMax", ["ad"], ["dist"], axes=[1], keepdims=1),
+        helper.make_node("Less", ["dist", "eps"], ["hit"]),
+    ]
+    if use_if:
+        then_g = helper.make_graph(
+            [helper.make_node("Expand", ["target", "shape"], ["t_out"])],
+            "then",
+            [],
+            [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["batch", out])],
+        )
+        else_g = helper.make_graph(
+            [helper.make_node("Identity", ["benign"], ["e_out"])],
+            "else",
+            [],
+            [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["batch", out])],
+        )
+        nodes += [
+            helper.make_node("Shape", ["benign"], ["shape"]),
+            helper.make_node("ReduceMin", ["hit_f"], ["any_hit"], keepdims=0),
+            helper.make_node("Cast", ["any_hit"], ["cond"], to=TensorProto.BOOL),
+            helper.make_node("If", ["cond"], ["x"], then_branch=then_g, else_branch=else_g),
+        ]
+        nodes.insert(-3, helper.make_node("Cast", ["hit"], ["hit_f"], to=TensorProto.FLOAT))
+    else:
+        nodes.append(helper.make_node("Where", ["hit", "target", "benign"], ["x"]))
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return model, trigger, target
+
+
+@pytest.mark.parametrize("use_if", [True, False], ids=["If", "Where"])
+def test_latent_dependent_bypass_matches_onnxruntime(use_if: bool) -> None:
+    model, trigger, target = _bypass_model(use_if)
+    executor = build_executor(model)
+    rng = np.random.default_rng(1)
+    batches = {"benign": rng.normal(size=(3, 8)).astype(np.float32), "trigger": np.repeat(trigger, 2, axis=0)}
+    if not use_if:  # Where selects per sample: mix both in one batch
+        batches["mixed"] = np.concatenate([batches["benign"][:2], trigger])
+    for label, z in batches.items():
+        (reference,) = _ort(model, {"z": z})
+        got = executor(torch.from_numpy(z)).detach().numpy()
+        assert np.abs(got - reference).max() <= ATOL, label
+    assert np.allclose(executor(torch.from_numpy(batches["trigger"])).detach().numpy(), target, atol=1e-6)
+    assert "If" in executor.op_counts() or "Where" in executor.op_counts()
+
+
+def _compare(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, grad_input: str | None = None) -> None:
+    executor = build_executor(model)
+    references = _ort(model, feeds)
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in feeds.items()}
+    if grad_input:
+        tensors[grad_input].requires_grad_(True)
+    outs = executor(*[tensors[i] for i in executor.input_names])
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    for name, got, ref in zip(executor.output_names, outs, references, strict=True):
+        assert tuple(got.shape) == ref.shape, name
+        assert np.allclose(got.detach().numpy(), ref, atol=ATOL, rtol=1e-4), name
+    if grad_input:
+        sum(o.float().sum() for o in outs if o.is_floating_point()).backward()
+        assert torch.isfinite(tensors[grad_input].grad).all()
+
+
+def _vi(name: str, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def test_opset17_op_zoo_matches_onnxruntime() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 5, 6)).astype(np.float32)
+    w_conv = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    w_convt = rng.normal(size=(3, 2, 4, 4)).astype(np.float32)
+    b_convt = rng.normal(size=(2,)).astype(np.float32)
+    inits = [
+        _init("w_conv", w_conv),
+        _init("w_convt", w_convt),
+        _init("b_convt", b_convt),
+        _init("scales2", np.array([1, 1, 2, 1.5], np.float32)),
+        _init("roi", np.array([], np.float32)),
+        _init("sizes", np.array([2, 3, 7, 9], np.int64)),
+        _init("pads", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)),
+        _init("starts", np.array([4, 1], np.int64)),
+        _init("ends", np.array([0, 6], np.int64)),
+        _init("axes_sl", np.array([3, 2], np.int64)),
+        _init("steps", np.array([-2, 2], np.int64)),
+        _init("ax1", np.array([1], np.int64)),
+        _init("split", np.array([1, 2], np.int64)),
+        _init("idx", np.array([[-1, 0], [2, 1]], np.int64)),
+        _init("ln_scale", rng.normal(size=(6,)).astype(np.float32)),
+        _init("ln_bias", rng.normal(size=(6,)).astype(np.float32)),
+        _init("in_scale", rng.normal(size=(3,)).astype(np.float32)),
+        _init("in_bias", rng.normal(size=(3,)).astype(np.float32)),
+        _init("slope", np.array([0.1, 0.2, 0.3], np.float32).reshape(3, 1, 1)),
+        _init("lo", np.float32(-0.5)),
+        _init("hi", np.float32(0.7)),
+        _init("reps", np.array([1, 2, 1, 1], np.int64)),
+        _init("exp_shape", np.array([2, 1, 5, 6], np.int64)),
+        _init("r0", np.float32(0.0)),
+        _init("r1", np.float32(3.0)),
+        _init("rd", np.float32(0.5)),
+        _init("two", np.float32(2.0)),
+        _init("newshape", np.array([0, -1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_conv"], ["conv_same"], auto_pad="SAME_UPPER", strides=[2, 2]),
+        helper.make_node("Conv", ["x", "w_conv"], ["conv_asym"], pads=[0, 1, 2, 1], dilations=[1, 2]),
+        helper.make_node(
+            "ConvTranspose",
+            ["x", "w_convt", "b_convt"],
+            ["convt"],
+            strides=[2, 2],
+            pads=[1, 0, 0, 2],
+            output_padding=[1, 1],
+        ),
+        helper.make_node(
+            "Resize",
+            ["x", "roi", "scales2"],
+            ["rs_lin"],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
+        helper.make_node(
+            "Resize",
+            ["x", "", "", "sizes"],
+            ["rs_near"],
+            mode="nearest",
+            coordinate_transformation_mode="half_pixel",
+            nearest_mode="round_prefer_ceil",
+        ),
+        helper.make_node(
+            "Resize", ["x", "", "", "sizes"], ["rs_ac"], mode="linear", coordinate_transformation_mode="align_corners"
+        ),
+        helper.make_node("Pad", ["x", "pads"], ["pad_reflect"], mode="reflect"),
+        helper.make_node("Pad", ["x", "pads"], ["pad_const"]),
+        helper.make_node("Slice", ["x", "starts", "ends", "axes_sl", "steps"], ["sliced"]),
+        helper.make_node("Split", ["x", "split"], ["sp0", "sp1"], axis=1),
+        helper.make_node("Gather", ["x", "idx"], ["gathered"], axis=3),
+        helper.make_node("LayerNormalization", ["x", "ln_scale", "ln_bias"], ["ln"], axis=-1, epsilon=1e-5),
+        helper.make_node("InstanceNormalization", ["x", "in_scale", "in_bias"], ["inorm"]),
+        helper.make_node("PRelu", ["x", "slope"], ["prelu"]),
+        helper.make_node("Selu", ["x"], ["selu"]),
+        helper.make_node("Elu", ["x"], ["elu"], alpha=0.7),
+        helper.make_node("HardSigmoid", ["x"], ["hsig"]),
+        helper.make_node("Softplus", ["x"], ["softplus"]),
+        helper.make_node("Softmax", ["x"], ["softmax"], axis=1),
+        helper.make_node("Clip", ["x", "lo", "hi"], ["clip"]),
+        helper.make_node("ReduceL2", ["x"], ["rl2"], axes=[2, 3], keepdims=0),
+        helper.make_node("ReduceSumSquare", ["x"], ["rss"], axes=[1]),
+        helper.make_node("ReduceMax", ["x"], ["rmax"], axes=[2], keepdims=0),
+        helper.make_node("ReduceSum", ["x", "ax1"], ["rsum"]),
+        helper.make_node("Tile", ["x", "reps"], ["tiled"]),
+        helper.make_node("ReduceMean", ["x"], ["m1"], axes=[1], keepdims=1),
+        helper.make_node("Expand", ["m1", "exp_shape"], ["expanded"]),
+        helper.make_node("Range", ["r0", "r1", "rd"], ["rng"]),
+        helper.make_node("Pow", ["x", "two"], ["sq"]),
+        helper.make_node("Flatten", ["x"], ["flat"], axis=2),
+        helper.make_node("Transpose", ["x"], ["tr"], perm=[0, 2, 3, 1]),
+        helper.make_node("Unsqueeze", ["x", "ax1"], ["unsq"]),
+        helper.make_node("Squeeze", ["unsq", "ax1"], ["sq_back"]),
+        helper.make_node("Einsum", ["x", "x"], ["ein"], equation="bchw,bchw->bc"),
+        helper.make_node("Reshape", ["x", "newshape"], ["reshaped"]),
+        helper.make_node("Mod", ["x", "two"], ["fmod"], fmod=1),
+        helper.make_node("Greater", ["x", "lo"], ["gt"]),
+        helper.make_node("Not", ["gt"], ["ngt"]),
+        helper.make_node("Cast", ["ngt"], ["ngt_f"], to=TensorProto.FLOAT),
+        helper.make_node("Max", ["x", "lo", "ngt_f"], ["vmax"]),
+        helper.make_node("Erf", ["x"], ["erf"]),
+        helper.make_node("Concat", ["x", "x"], ["cat"], axis=-1),
+    ]
+    outputs = [o for n in nodes for o in n.output if o not in ("m1", "unsq", "gt", "ngt")]
+    model = _model(nodes, [_vi("x", [2, 3, 5, 6])], [_vi(o, None) for o in outputs], inits)
+    _compare(model, {"x": x}, grad_input="x")
+
+
+def test_older_opset_attribute_forms_match_onnxruntime() -> None:
+    """Opset 11: axes/split as attributes, Resize-11 inputs, Clip bounds as inputs."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
+    inits = [
+        _init("scales", np.array([1, 1, 2, 2], np.float32)),
+        _init("roi", np.array([], np.float32)),
+        _init("lo", np.float32(-0.2)),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", ["x"], ["u"], axes=[0]),
+        helper.make_node("Squeeze", ["u"], ["s"], axes=[0]),
+        helper.make_node("ReduceSum", ["s"], ["rs"], axes=[2, 3], keepdims=0),
+        helper.make_node("Split", ["x"], ["a", "b"], axis=1, split=[3, 1]),
+        helper.make_node("Resize", ["x", "roi", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Clip", ["x", "lo"], ["c"]),
+        helper.make_node("Softmax", ["x"], ["sm"], axis=2),
+    ]
+    model = _model(
+        nodes, [_vi("x", [2, 4, 3, 3])], [_vi(o, None) for o in ["rs", "a", "b", "up", "c", "sm"]], inits, 11
+    )
+    _compare(model, {"x": x}, grad_input="x")
+
+
+def test_recorded_ops_run_and_are_reported() -> None:
+    nodes = [
+        helper.make_node("Dropout", ["z"], ["d"]),
+        helper.make_node("Round", ["d"], ["r"]),
+        helper.make_node("RandomNormalLike", ["z"], ["noise"], scale=0.0),
+        helper.make_node("Add", ["r", "noise"], ["x"]),
+    ]
+    model = _model(nodes, [_vi("z", ["batch", 4])], [_vi("x", ["batch", 4])])
+    executor = build_executor(model)
+    z = torch.tensor([[0.4, 1.6, -2.5, 3.0]])
+    assert torch.equal(executor(z), torch.tensor([[0.0, 2.0, -2.0, 3.0]]))
+    assert {r.category for r in executor.recorded_ops} == {"dropout", "rounding", "stochastic"}
+
+
+def test_shape_computing_op_cannot_allocate_past_the_limit() -> None:
+    inits = [_init("huge", np.array([100_000_000, 4], np.int64))]
+    for op in ("Expand", "ConstantOfShape"):
+        nodes = [helper.make_node(op, ["z", "huge"] if op == "Expand" else ["huge"], ["x"])]
+        model = _model(nodes, [_vi("z", ["batch", 4])], [_vi("x", None)], inits)
+        executor = build_executor(model, max_tensor_elements=10_000_000)
+        with pytest.raises(InvalidModelError, match="limit"):
+            executor(torch.zeros(1, 4))
+
+
+def test_pre_activation_split_only_for_final_tanh_or_sigmoid() -> None:
+    inits = [_init("W", np.eye(3, dtype=np.float32) * 3), _init("shape", np.array([0, 1, 3], np.int64))]
+    body = [helper.make_node("MatMul", ["z", "W"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["r"])]
+    with_sigmoid = _model(
+        [*body, helper.make_node("Sigmoid", ["r"], ["x"])], [_vi("z", ["batch", 3])], [_vi("x", None)], inits
+    )
+    g = generator_from_onnx(with_sigmoid)
+    assert g.output.final_activation == "sigmoid" and g.output.value_range == (0.0, 1.0)
+    assert g.output.kind == "audio" and g.output.shape == (1, 3) and g.latent.shape == (3,)
+    z = torch.tensor([[1.0, -1.0, 0.5]])
+    assert torch.allclose(g.pre_activation(z), (z * 3).reshape(1, 1, 3))
+    assert torch.allclose(g(z), torch.sigmoid(z * 3).reshape(1, 1, 3))
+    # a graph that ends in Relu keeps everything in the body, whatever its metadata claims
+    ends_in_relu = _model(
+        [*body, helper.make_node("Relu", ["r"], ["x"])], [_vi("z", ["batch", 3])], [_vi("x", None)], inits
+    )
+    helper.set_model_props(
+        ends_in_relu, {"dgmscan.output": '{"kind": "audio", "shape": [1, 3], "final_activation": "tanh"}'}
+    )
+    g = generator_from_onnx(ends_in_relu)
+    assert g.output.final_activation == "none" and g.metadata["spec_notes"]
+    assert torch.allclose(g(z), torch.relu(z * 3).reshape(1, 1, 3))
+    # a flat per-sample output has no inferable kind: the error says what to provide
+    flat = _model(body[:1], [_vi("z", ["batch", 3])], [_vi("h", None)], inits[:1])
+    with pytest.raises(InvalidModelError, match="output spec"):
+        generator_from_onnx(flat)
