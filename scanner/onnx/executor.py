@@ -1094,9 +1094,10 @@ def _tile(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) ->
 @_op("Range")
 def _range(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
     start, limit, delta = (t.reshape(()) for t in a[:3])
-    if float(delta) == 0:
+    lo, hi, step = (float(t.detach()) for t in (start, limit, delta))
+    if step == 0:
         raise InvalidModelError(f"Range {s.name!r}: delta 0")
-    count = max(0, math.ceil((float(limit) - float(start)) / float(delta)))
+    count = max(0, math.ceil((hi - lo) / step))
     m.check_elements(count, f"Range {s.name!r}")
     return [start + torch.arange(count, device=m.device, dtype=start.dtype) * delta]
 
