@@ -407,7 +407,7 @@ def open_scan(
         findings += _finding_dicts(file_report.findings)
         generator = _load_model(request)
     except RejectedModelError as exc:
-        load_error = f"rejected: {exc}" + (f" ({exc.advice})" if exc.advice else "")
+        load_error = f"rejected: {exc}"  # the loader's message already says how to convert the model
         findings += [f for f in _finding_dicts(exc.findings) if f not in findings]
     except InvalidModelError as exc:
         load_error = f"invalid: {exc}"
