@@ -303,3 +303,49 @@ def test_bf_oi_fans_out_as_shards_and_merges_to_the_in_process_result(
         a = next(c for c in sharded["checks"] if c["name"] == "bf_oi.closest")
         b = next(c for c in single["checks"] if c["name"] == "bf_oi.closest")
         assert a["status"] == b["status"] and a["score"] == pytest.approx(b["score"], rel=1e-5)
+
+
+def test_sanitized_model_download(
+    prod_api, prod_worker, prod_env, tenant_keys, detection_models, migrated_pg: str, tmp_path: Path
+) -> None:
+    """The sanitized checkpoint a sanitization check writes is recorded as such and downloadable.
+
+    (Sanitization does not converge on these small random-init models within a test's budget, so the
+    checkpoint is written here as the check would write it, then recorded by the worker's own code.)"""
+    from persistence.scanconfig import ScanConfigIn
+    from persistence.settings import Settings
+    from persistence.storage import get_store
+    from worker.jobs import ScanInputs, upload_artifacts
+
+    with prod_api.client(tenant_keys["alice"]) as alice:
+        assert alice.get(f"/v1/scans/{'0' * 32}/sanitized-model").status_code == 404
+        scan = wait_scan(
+            alice, upload(alice, detection_models["red"], [], {"profile": "quick", "only": ["format"]}).json()["id"]
+        )
+        assert alice.get(f"/v1/scans/{scan['id']}/sanitized-model").status_code == 404  # none written
+        name = "sanitization.distillation/sanitized.safetensors"
+        (tmp_path / "sanitization.distillation").mkdir()
+        (tmp_path / name).write_bytes(detection_models["benign"].read_bytes())
+        report = {
+            "checks": [
+                {
+                    "name": "sanitization.distillation",
+                    "family": "sanitization",
+                    "artifacts": [
+                        {"name": name, "media_type": "application/octet-stream", "description": "sanitized generator"}
+                    ],
+                }
+            ]
+        }
+        settings = Settings(
+            **{k[len("DGMSCAN_") :].lower(): v for k, v in prod_env.items() if k.startswith("DGMSCAN_")}
+        )
+        inputs = ScanInputs(scan["id"], _tenant_id(migrated_pg, "alice"), "", "", "", [], ScanConfigIn())
+        upload_artifacts(migrated_pg, get_store(settings), inputs, tmp_path, report)
+        kinds = {a["name"]: a["kind"] for a in alice.get(f"/v1/scans/{scan['id']}/artifacts").json()["items"]}
+        assert kinds[name] == "sanitized_model"
+        r = alice.get(f"/v1/scans/{scan['id']}/sanitized-model")
+        assert r.status_code == 307
+        blob = httpx.get(r.headers["location"], timeout=30)
+        assert blob.content == detection_models["benign"].read_bytes()
+        assert 'filename="sanitized.safetensors"' in blob.headers.get("content-disposition", "")
