@@ -167,9 +167,9 @@ def registry_generator_from_onnx(
         raise InvalidModelError("not an ONNX-loaded generator")
     try:
         arch = get_architecture(name)
-        config = (
-            architecture_config if architecture_config is not None else generator.metadata.get("architecture_config")
-        )
+        config = architecture_config
+        if config is None and name == generator.architecture:  # the file's config is for the file's architecture
+            config = generator.metadata.get("architecture_config")
         target = arch.build(config)
     except (ValueError, TypeError) as exc:
         raise InvalidModelError(str(exc)) from None
