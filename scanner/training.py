@@ -57,15 +57,22 @@ def train_gan(
     lr: float = 2e-4,
     discriminator_width: int = 32,
     generator_extra_loss: GeneratorLossTerm | None = None,
+    extra_images: torch.Tensor | None = None,
+    extra_copies_fraction: float = 0.0,
     log: Logger | None = None,
 ) -> Generator:
     """Train `generator` in place on MNIST with the standard GAN loss and return it (in eval mode).
 
     The generator must emit 1×28×28 images in [-1, 1] (tanh). Adam(lr, β1=0.5) as in DCGAN.
+    `extra_images` (K, 1, 28, 28) are mixed into the data, repeated to `extra_copies_fraction`
+    of the MNIST size (data poisoning).
     """
     torch.manual_seed(seed)
     device = torch.device(device)
     images, _ = load_mnist(value_range=(-1.0, 1.0))
+    if extra_images is not None and extra_copies_fraction > 0:
+        copies = max(1, round(extra_copies_fraction * images.shape[0] / extra_images.shape[0]))
+        images = torch.cat([images, extra_images.to(images.dtype).repeat(copies, 1, 1, 1)])
     images = images.to(device)
     generator.to(device).train()
     disc = Discriminator28(channels=images.shape[1], width=discriminator_width).to(device).train()
