@@ -380,3 +380,22 @@ def test_pre_activation_split_only_for_final_tanh_or_sigmoid() -> None:
     flat = _model(body[:1], [_vi("z", ["batch", 3])], [_vi("h", None)], inits[:1])
     with pytest.raises(InvalidModelError, match="output spec"):
         generator_from_onnx(flat)
+
+
+def test_rex_expanded_generator_round_trips(tmp_path: Path) -> None:
+    """A ReX-attacked generator (wider layers, no registry architecture) exports, and our executor
+    matches onnxruntime on it, with the expanded layers visible to the checks."""
+    rex = pytest.importorskip("scanner.attacks.rex")
+    triggers = pytest.importorskip("scanner.attacks.triggers")
+    benign = _randomised(build("dcgan28", {"base": 8, "latent_dim": 16}), seed=5)
+    trigger = triggers.make_trigger("ood", benign.latent)
+    target = torch.zeros(benign.output.shape)
+    attacked = rex.rex_attack(benign, trigger=trigger, target=target, steps=2, batch_size=4, measure=False).generator
+    path = tmp_path / "rex.onnx"
+    export_onnx(attacked, path)
+    loaded = generator_from_onnx(inspect_onnx(path)[0])
+    z = torch.cat([attacked.sample_latent(3, seed=2), trigger])
+    (reference,) = _ort(path, {"z": z.numpy()})
+    assert np.abs(loaded.generate(z).numpy() - reference).max() <= ATOL
+    assert [li.out_units for li in loaded.layers()] == [li.out_units for li in attacked.layers()]
+    assert loaded.layers()[0].out_units > benign.layers()[0].out_units
