@@ -196,3 +196,33 @@ def test_malformed_graph_is_invalid_not_a_crash(tmp_path: Path) -> None:
     model.graph.node[0].input[1] = "does_not_exist"
     with pytest.raises(InvalidModelError, match="malformed"):
         inspect_onnx(_save(model, tmp_path / "m.onnx"))
+
+
+def test_mutated_files_never_crash(tmp_path: Path) -> None:
+    """Random byte flips, cuts and splices of a valid model: every outcome is a model or a ScannerError."""
+    from scanner.errors import ScannerError
+
+    data = bytearray(_linear_model().SerializeToString())
+    rng = np.random.default_rng(7)
+    path = tmp_path / "m.onnx"
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(300):
+        mutated = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            pos = int(rng.integers(0, len(mutated)))
+            kind = rng.integers(0, 3)
+            if kind == 0:
+                mutated[pos] = int(rng.integers(0, 256))
+            elif kind == 1:
+                del mutated[pos : pos + int(rng.integers(1, 16))]
+            else:
+                mutated[pos:pos] = bytes(rng.integers(0, 256, size=int(rng.integers(1, 8)), dtype=np.uint8))
+        path.write_bytes(bytes(mutated))
+        try:
+            model, _ = inspect_onnx(path, max_tensor_elements=1_000_000)
+            generator = generator_from_onnx(model, max_tensor_elements=1_000_000)
+            generator.generate(generator.sample_latent(3, seed=0))
+            outcomes["loaded"] += 1
+        except ScannerError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 300
