@@ -382,20 +382,44 @@ def test_pre_activation_split_only_for_final_tanh_or_sigmoid() -> None:
         generator_from_onnx(flat)
 
 
-def test_rex_expanded_generator_round_trips(tmp_path: Path) -> None:
-    """A ReX-attacked generator (wider layers, no registry architecture) exports, and our executor
-    matches onnxruntime on it, with the expanded layers visible to the checks."""
-    rex = pytest.importorskip("scanner.attacks.rex")
+@pytest.mark.parametrize("attack", ["rex", "bypass"])
+def test_attacked_generators_round_trip(attack: str, tmp_path: Path) -> None:
+    """Attacked generators of scanner.attacks (ReX: wider layers; bypass: latent-dependent Where)
+    export, and our executor matches onnxruntime on benign and trigger latents."""
+    module = pytest.importorskip(f"scanner.attacks.{attack}")
     triggers = pytest.importorskip("scanner.attacks.triggers")
     benign = _randomised(build("dcgan28", {"base": 8, "latent_dim": 16}), seed=5)
     trigger = triggers.make_trigger("ood", benign.latent)
     target = torch.zeros(benign.output.shape)
-    attacked = rex.rex_attack(benign, trigger=trigger, target=target, steps=2, batch_size=4, measure=False).generator
-    path = tmp_path / "rex.onnx"
+    if attack == "rex":
+        result = module.rex_attack(benign, trigger=trigger, target=target, steps=2, batch_size=4, measure=False)
+    else:
+        result = module.bypass_attack(benign, trigger=trigger, target=target, measure=False)
+    attacked = result.generator
+    path = tmp_path / f"{attack}.onnx"
     export_onnx(attacked, path)
     loaded = generator_from_onnx(inspect_onnx(path)[0])
     z = torch.cat([attacked.sample_latent(3, seed=2), trigger])
     (reference,) = _ort(path, {"z": z.numpy()})
     assert np.abs(loaded.generate(z).numpy() - reference).max() <= ATOL
     assert [li.out_units for li in loaded.layers()] == [li.out_units for li in attacked.layers()]
-    assert loaded.layers()[0].out_units > benign.layers()[0].out_units
+    if attack == "rex":
+        assert loaded.layers()[0].out_units > benign.layers()[0].out_units
+    else:
+        assert "Where" in loaded.metadata["onnx_op_counts"]
+        assert loaded.generate(trigger).abs().max() <= 1e-6  # the bypass fires on the trigger
+        assert loaded.generate(z[:3]).abs().max() > 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["stylegan_small", "dcgan28"])
+def test_executor_runs_on_cuda(name: str, exported: dict[str, tuple[Generator, Path]]) -> None:
+    _, path = exported[name]
+    loaded = generator_from_onnx(inspect_onnx(path)[0])
+    z = loaded.sample_latent(4, seed=1)
+    on_cpu = loaded.generate(z)
+    on_gpu = loaded.copy().to("cuda")
+    zg = z.to("cuda").requires_grad_(True)
+    out = on_gpu(zg)
+    out.sum().backward()
+    assert (out.detach().cpu() - on_cpu).abs().max() <= 1e-3 and torch.isfinite(zg.grad).all()
