@@ -423,3 +423,19 @@ def test_executor_runs_on_cuda(name: str, exported: dict[str, tuple[Generator, P
     out = on_gpu(zg)
     out.sum().backward()
     assert (out.detach().cpu() - on_cpu).abs().max() <= 1e-3 and torch.isfinite(zg.grad).all()
+
+
+@pytest.mark.parametrize("op", ["Add", "MatMul", "Einsum"])
+def test_broadcasting_blow_up_is_refused(op: str) -> None:
+    """(N, 1) ∘ (1, N) would allocate N² elements: refused by the tensor limit, not by the OOM killer."""
+    inits = [_init("col_shape", np.array([-1, 1], np.int64)), _init("row_shape", np.array([1, -1], np.int64))]
+    nodes = [
+        helper.make_node("Reshape", ["z", "col_shape"], ["col"]),
+        helper.make_node("Reshape", ["z", "row_shape"], ["row"]),
+        helper.make_node(op, ["col", "row"], ["x"], **({"equation": "ij,jk->ik"} if op == "Einsum" else {})),
+    ]
+    model = _model(nodes, [_vi("z", ["batch", 4])], [_vi("x", None)], inits)
+    executor = build_executor(model, max_tensor_elements=1_000_000)
+    assert executor(torch.ones(2, 4)).shape == (8, 8)
+    with pytest.raises(InvalidModelError, match="limit"):
+        executor(torch.ones(1000, 4))  # 4000 x 4000 = 16M elements

@@ -593,6 +593,7 @@ def _gemm(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) ->
         x = x.t()
     if s.attrs.get("transB", 0):
         w = w.t()
+    _guard_meta(m, s, torch.matmul, x, w)
     y = float(s.attrs.get("alpha", 1.0)) * (x @ w)
     if len(a) > 2 and a[2] is not None:
         y = y + float(s.attrs.get("beta", 1.0)) * a[2]
@@ -603,6 +604,7 @@ def _gemm(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) ->
 def _matmul(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
     if s.module is not None:
         return [m.layers[s.module](a[0])]
+    _guard_meta(m, s, torch.matmul, a[0], a[1])
     return [torch.matmul(a[0], a[1])]
 
 
@@ -836,18 +838,50 @@ _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Or": torch.logical_or,
     "Xor": torch.logical_xor,
 }
+
+
+def _guard_broadcast(m: OnnxGraphModule, s: NodeStep, tensors: Sequence[torch.Tensor]) -> None:
+    """Broadcasting (N,1) with (1,N) allocates N² elements: refuse past the tensor limit first."""
+    try:
+        shape = torch.broadcast_shapes(*(tuple(t.shape) for t in tensors))
+    except RuntimeError as exc:
+        raise InvalidModelError(f"{s.op_type} {s.name!r}: shapes do not broadcast: {exc}") from None
+    m.check_elements(math.prod(shape), f"{s.op_type} {s.name!r}")
+
+
+def _guard_meta(m: OnnxGraphModule, s: NodeStep, fn: Callable[..., torch.Tensor], *args: Any) -> None:
+    """Size an op's output on the meta device (no memory, no compute) before running it."""
+    try:
+        out = fn(
+            *(torch.empty(t.shape, dtype=t.dtype, device="meta") if isinstance(t, torch.Tensor) else t for t in args)
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidModelError(f"{s.op_type} {s.name!r}: {str(exc)[:200]}") from None
+    m.check_elements(out.numel(), f"{s.op_type} {s.name!r}")
+
+
+def _binary_op(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> OpFn:
+    def run(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
+        _guard_broadcast(m, s, a[:2])
+        return [fn(a[0], a[1])]
+
+    return run
+
+
 for _name, _fn in _BINARY.items():
-    _OPS[_name] = lambda m, s, a, env, _fn=_fn: [_fn(a[0], a[1])]
+    _OPS[_name] = _binary_op(_fn)
 
 
 @_op("Mod")
 def _mod(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
+    _guard_broadcast(m, s, a[:2])
     return [torch.fmod(a[0], a[1]) if s.attrs.get("fmod", 0) else torch.remainder(a[0], a[1])]
 
 
 @_op("Min", "Max", "Sum", "Mean")
 def _variadic(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
     fn = {"Min": torch.minimum, "Max": torch.maximum, "Sum": torch.add, "Mean": torch.add}[s.op_type]
+    _guard_broadcast(m, s, a)
     out = a[0]
     for t in a[1:]:
         out = fn(out, t)
@@ -868,6 +902,7 @@ def _clip(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) ->
 
 @_op("Where")
 def _where(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
+    _guard_broadcast(m, s, a[:3])
     return [torch.where(a[0].bool(), a[1], a[2])]
 
 
@@ -882,7 +917,9 @@ def _if(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> l
 
 @_op("Einsum")
 def _einsum(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
-    return [torch.einsum(str(s.attrs["equation"]), *a)]
+    equation = str(s.attrs["equation"])
+    _guard_meta(m, s, lambda *t: torch.einsum(equation, *t), *a)
+    return [torch.einsum(equation, *a)]
 
 
 # -- reductions --------------------------------------------------------------------------------
@@ -1007,6 +1044,7 @@ def _transpose(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any
 @_op("Concat")
 def _concat(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
     tensors = [t for t in a if t is not None]
+    m.check_elements(sum(t.numel() for t in tensors), f"Concat {s.name!r}")
     return [torch.cat(tensors, dim=_norm_axis(int(s.attrs["axis"]), tensors[0].dim()))]
 
 
