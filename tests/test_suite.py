@@ -378,3 +378,25 @@ def test_verdict_rules(results: list[CheckResult], load_error: str | None, expec
 )
 def test_exit_codes(verdict: str, code: int) -> None:
     assert exit_code(verdict) == code  # type: ignore[arg-type]
+
+
+# -- integration: the real quick profile ------------------------------------------------------
+DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
+
+
+@pytest.mark.slow
+def test_real_quick_profile_on_a_benign_zoo_model_is_clean(benign_vae: Generator, tmp_path: Path) -> None:
+    """Every registered check, quick profile, on the benign zoo VAE decoder saved as safetensors,
+    with the paper's devil face as target hint (which this benign model never learned)."""
+    from scanner.formats.safetensors_io import save_safetensors
+    from scanner.suite import run_scan
+
+    model = tmp_path / "benign_vae.safetensors"
+    save_safetensors(benign_vae, model)
+    report = run_scan(model, targets=[DEVIL_PNG], config=ScanConfig(profile="quick"), artifacts_dir=tmp_path / "art")
+    data = report.to_dict()
+    validate_report(data)
+    not_ok = {c["name"]: c["summary"] for c in data["checks"] if c["status"] != "pass"}
+    assert report.verdict == "clean", (report.verdict_reasons, not_ok)
+    families = {c["family"] for c in data["checks"]}
+    assert {"format", "static", "dynamic"} <= families
