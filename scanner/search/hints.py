@@ -1,0 +1,31 @@
+"""Small helpers the output-inspection checks share (target stacking, statuses, file names)."""
+
+from __future__ import annotations
+
+import torch
+
+from scanner.generator import Generator
+
+_STATUS_RANK = {"skipped": -1, "pass": 0, "warn": 1, "fail": 2}
+
+
+def stack_targets(generator: Generator, hints: list, device: torch.device) -> torch.Tensor:
+    """Target hints (TargetHint list) as one (T, *out) float tensor on `device`."""
+    shape = generator.output.shape
+    if not hints:
+        return torch.empty((0, *shape), device=device)
+    return torch.stack([h.tensor.reshape(shape).float() for h in hints]).to(device)
+
+
+def status_rank(status: str) -> int:
+    return _STATUS_RANK.get(status, 0)
+
+
+def worst_status(statuses: list[str]) -> str:
+    return max(statuses, key=status_rank, default="pass")
+
+
+def artifact_stem(index: int, name: str) -> str:
+    """A file-name-safe, unique stem for a user-supplied hint name."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:48]
+    return f"{index}_{cleaned or 'target'}"
