@@ -177,7 +177,13 @@ class OnnxGraphModule(nn.Module):
         initializers = {t.name: t for t in graph.initializer}
         if graph.sparse_initializer:
             raise InvalidModelError("sparse initializers are not supported")
-        self.input_names = [i.name for i in graph.input if i.name not in initializers]
+        graph_inputs = [i for i in graph.input if i.name not in initializers]
+        self.input_names = [i.name for i in graph_inputs]
+        # declared float types of the inputs: a float32 latent is cast to a float64/float16 graph's type
+        self.input_dtypes: list[torch.dtype | None] = [
+            _ONNX_TO_TORCH_DTYPE.get(i.type.tensor_type.elem_type) if i.type.HasField("tensor_type") else None
+            for i in graph_inputs
+        ]
         self.output_names = list(outputs) if outputs is not None else [o.name for o in graph.output]
         if not self.output_names:
             raise InvalidModelError(f"graph {graph.name!r} has no outputs")
@@ -383,6 +389,10 @@ class OnnxGraphModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if len(inputs) != len(self.input_names):
             raise ValueError(f"the graph takes {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}")
+        inputs = tuple(
+            x.to(dtype) if dtype is not None and dtype.is_floating_point and x.is_floating_point() else x
+            for x, dtype in zip(inputs, self.input_dtypes, strict=True)
+        )
         env = dict(zip(self.input_names, inputs, strict=True))
         outs = self.run_graph(env)
         return outs[0] if len(outs) == 1 else tuple(outs)

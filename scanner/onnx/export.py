@@ -9,6 +9,7 @@ architecture in metadata_props so the scanner rebuilds the same Generator.
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -76,21 +77,36 @@ def _written_back(generator: Generator) -> onnx.ModelProto | None:
 
 def _traced(generator: Generator, path: Path, opset: int) -> onnx.ModelProto:
     module = generator.copy().to("cpu").eval()
-    z = module.latent.sample(2, generator=torch.Generator().manual_seed(0))
+    z = module.latent.sample(2, generator=torch.Generator().manual_seed(0)).to(_float_dtype(module))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
-        torch.onnx.export(
-            module,
-            (z,),
-            str(path),
-            dynamo=False,
-            input_names=["z"],
-            output_names=["x"],
-            dynamic_axes={"z": {0: "batch"}, "x": {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
+        try:
+            _export_traced(module, z, path, opset)
+        except (RuntimeError, TypeError, ValueError) as exc:  # untraceable Python control flow and the like
+            raise InvalidModelError(f"torch.onnx.export cannot trace this generator: {str(exc)[:300]}") from None
     return onnx.load(str(path))
+
+
+def _float_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The generator's floating dtype (the latent must match it when tracing)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _export_traced(module: torch.nn.Module, z: torch.Tensor, path: Path, opset: int) -> None:
+    torch.onnx.export(
+        module,
+        (z,),
+        str(path),
+        dynamo=False,
+        input_names=["z"],
+        output_names=["x"],
+        dynamic_axes={"z": {0: "batch"}, "x": {0: "batch"}},
+        opset_version=opset,
+        do_constant_folding=True,
+    )
 
 
 def export_onnx(generator: Generator, path: Path, *, opset: int = DEFAULT_OPSET, verify: bool = True) -> None:
@@ -105,19 +121,21 @@ def export_onnx(generator: Generator, path: Path, *, opset: int = DEFAULT_OPSET,
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _written_back(generator)
     if model is None:
-        model = _traced(generator, path, opset)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # never leave a half-verified file at `path`
+            model = _traced(generator, Path(scratch) / "traced.onnx", opset)
     _set_metadata(model, generator)
-    onnx.save(model, str(path))
     if verify:
         _verify(generator, model)
+    onnx.save(model, str(path))
 
 
 @torch.no_grad()
 def _verify(generator: Generator, model: onnx.ModelProto) -> None:
     reloaded = generator_from_onnx(model)
-    z = generator.latent.sample(3, generator=torch.Generator().manual_seed(1))
-    reference = generator.copy().to("cpu").eval()(z)
-    got = reloaded(z)
+    module = generator.copy().to("cpu").eval()
+    z = generator.latent.sample(3, generator=torch.Generator().manual_seed(1)).to(_float_dtype(module))
+    reference = module(z)
+    got = reloaded(z).to(reference.dtype)
     if got.shape != reference.shape:
         raise InvalidModelError(
             f"exported graph gives shape {tuple(got.shape)}, the generator {tuple(reference.shape)}"
