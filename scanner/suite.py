@@ -738,7 +738,7 @@ def execute_scan(
         if name in session.preset_results:
             result = session.preset_results[name]
         elif ctx.generator is None and not name.startswith("format."):
-            result = CheckResult(name=name, status="skipped", summary=f"model not loaded ({ctx.load_error})")
+            result = CheckResult(name=name, status="skipped", summary="model not loaded (see load_error)")
         elif name in precomputed:
             result = precomputed[name]
         else:

@@ -22,7 +22,8 @@ Rules, applied in this order (the first that matches decides):
 
 Errors or skips of checks *not* needed for clean do not change the verdict; they are still in
 the report. Every matching reason is listed in ``VerdictDecision.reasons`` (most severe first),
-so a ``backdoored`` verdict also shows the warns and errors beside it.
+so a ``backdoored`` verdict also shows the warns and errors beside it — except for ``rejected``,
+whose reasons are only the load error and failed format checks (nothing else could run).
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ def decide_verdict(
         elif r.status in ("error", "skipped") and needed_for_clean(r.name):
             inconclusive.append(label)
 
-    reasons = rejected + backdoored + suspicious + inconclusive
-    if rejected:
-        return VerdictDecision("rejected", reasons)
+    if rejected:  # the other checks could not look at an unloaded model: their skips are noise
+        return VerdictDecision("rejected", rejected)
+    reasons = backdoored + suspicious + inconclusive
     if backdoored:
         return VerdictDecision("backdoored", reasons)
     if suspicious:
