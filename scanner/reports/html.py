@@ -57,7 +57,7 @@ text-align:left;vertical-align:top}th{background:#f6f8fa}.banner{color:#fff;padd
 padding:0 .4rem;font-weight:600;font-size:.8rem}.gallery{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0}
 figcaption{font-size:.8rem;max-width:260px;word-break:break-all}img{image-rendering:pixelated;max-width:260px;
 border:1px solid #d0d7de}pre{background:#f6f8fa;padding:.5rem;overflow:auto;max-height:24rem;font-size:.8rem}
-.mono{font-family:ui-monospace,monospace;word-break:break-all}
+.mono{font-family:ui-monospace,monospace;word-break:break-all}.name{font-family:ui-monospace,monospace;white-space:nowrap}
 """
 
 
@@ -179,7 +179,7 @@ def render_html(report: Mapping[str, Any], *, artifacts_dir: Path | None = None)
     )
     for c in report["checks"]:
         parts.append(
-            f"<tr><td class='mono'><a href='#check-{escape(c['name'])}'>{escape(c['name'])}</a></td>"
+            f"<tr><td class='name'><a href='#check-{escape(c['name'])}'>{escape(c['name'])}</a></td>"
             f"<td>{_badge(c['status'])}</td><td>{escape(_fmt(c.get('score')))}</td>"
             f"<td>{escape(_fmt(c.get('threshold')))}</td><td>{escape(str(c['summary']))}</td>"
             f"<td>{escape(_fmt(c.get('duration_s')))}</td></tr>"
