@@ -89,6 +89,9 @@ def test_gradients_reach_weights_and_copies_are_independent(exported: dict[str, 
     loaded = generator_from_onnx(inspect_onnx(path)[0])
     z = loaded.sample_latent(3, seed=0)
     loaded(z).sum().backward()
+    # BatchNorm statistics stay buffers (fine-tuning must not train them), as in the registry model
+    assert not any("running" in name for name, _ in loaded.named_parameters())
+    assert sum("running" in name for name, _ in loaded.named_buffers()) == 6
     first = loaded.layers()[0].weight
     assert first.grad is not None and torch.isfinite(first.grad).all() and first.grad.abs().sum() > 0
     before = loaded.generate(z)

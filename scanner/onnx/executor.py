@@ -233,12 +233,16 @@ class OnnxGraphModule(nn.Module):
                     step.attrs[attr_name] = value
             self.steps.append(step)
 
+        # BatchNorm running statistics are buffers, as in torch: fine-tuning must not train them
+        statistic_uses: Counter[str] = Counter(
+            name for node in graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5] if name
+        )
         for name, proto in initializers.items():
             if name in consumed_as_layer:
                 continue
             value = tensor_from_proto(proto)
             attr = self._unique_attr(_sanitize(name))
-            if value.is_floating_point():
+            if value.is_floating_point() and statistic_uses[name] < use_counts[name]:
                 self.tensors.register_parameter(attr, nn.Parameter(value))
             else:
                 self.tensors.register_buffer(attr, value)
