@@ -103,10 +103,28 @@ def _reinitialise(module: nn.Module, seed: int) -> int:
     return count
 
 
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters sanitization may change: those of weight layers (Linear/Conv/ConvTranspose)
+    and of torch normalisation modules (their affine scale and shift).
+
+    Other parameters are left alone on purpose: an ONNX-executed body holds BatchNorm running
+    statistics as plain tensors, and a gradient step (or noise) can make a variance negative."""
+    params: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for m in module.modules():
+        if isinstance(m, (*WEIGHT_LAYER_TYPES, *_PER_CHANNEL_AFFINE, nn.LayerNorm, nn.GroupNorm)):
+            for p in m.parameters(recurse=False):
+                if p.is_floating_point() and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+    return params
+
+
 @torch.no_grad()
 def _perturb(module: nn.Module, relative_noise: float, generator: torch.Generator) -> None:
-    """Multiply every weight by (1 + σ·ε): relative noise keeps each layer's scale."""
-    for p in module.parameters():
+    """Multiply every trainable parameter (weight layers, norm scale/shift) by (1 + σ·ε):
+    relative noise keeps each tensor's scale."""
+    for p in trainable_parameters(module):
         noise = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
         p.mul_(1.0 + relative_noise * noise)
 
@@ -141,13 +159,12 @@ class DistillResult:
     loss_curve: list[float] = field(default_factory=list)  # every ~10% of steps
 
 
-def _set_trainable(student: Generator) -> list[torch.nn.Parameter]:
+def _set_trainable(student: Generator) -> list[nn.Parameter]:
     student.eval()  # BatchNorm keeps running statistics fixed: per-sample behaviour, as deployed
-    params = []
-    for p in student.parameters():
-        if p.is_floating_point():
-            p.requires_grad_(True)
-            params.append(p)
+    student.requires_grad_(False)
+    params = trainable_parameters(student.body)
+    for p in params:
+        p.requires_grad_(True)
     return params
 
 

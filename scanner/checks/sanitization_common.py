@@ -30,6 +30,7 @@ from scanner.sanitize import Distance, expected_distance, output_variance, targe
 SHARED_MODEL = "sanitization.model"
 SHARED_MODELS = "sanitization.models"
 RECOVERED_TRIGGERS = "recovered_triggers"
+VARIANCE_FLOOR = 1e-6  # × squared output range: the least variance a tolerance is scaled from
 
 
 @dataclass
@@ -135,10 +136,12 @@ def behaviour_evidence(
     original: Generator, sanitized: Generator, z_eval: torch.Tensor, *, tolerance_factor: float
 ) -> dict[str, Any]:
     """ExpDis of the sanitized model against the upload on held-out z ~ P_sample and the
-    tolerance it is judged against: tolerance_factor × the upload's per-element output variance."""
+    tolerance it is judged against: tolerance_factor × the upload's per-element output variance,
+    floored at 1e-6 × the squared value range so a (near-)constant model is not held to zero."""
     expdis = expected_distance(sanitized, original, z_eval)
     variance = output_variance(original, z_eval)
-    tolerance = tolerance_factor * variance
+    low, high = original.output.value_range
+    tolerance = tolerance_factor * max(variance, VARIANCE_FLOOR * (high - low) ** 2)
     return {
         "expdis": expdis,
         "expdis_sum": expdis.sum,
