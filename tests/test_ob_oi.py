@@ -1,0 +1,100 @@
+"""Optimisation-based output inspection (Rawat et al. arXiv 2108.01644, Sec. 5.3) on models the tests build:
+a benign MNIST VAE decoder from the zoo and a ReD-backdoored copy of it (scanner.attacks.red)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from scanner.attacks.red import red_attack
+from scanner.attacks.triggers import in_sample_trigger
+from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.ob_oi_reconstruction import ReconstructionCheck
+from scanner.generator import Generator
+from scanner.search.recond import reconstruct, restart_latents
+
+QUICK_RECON = {"restarts": 6, "steps": 150}
+
+
+def _vae_target(devil: torch.Tensor) -> torch.Tensor:
+    """The devil face mapped from [-1, 1] to the VAE's [0, 1] output range."""
+    return (devil + 1.0) / 2.0
+
+
+@pytest.fixture(scope="module")
+def red_vae(_benign_vae_cached: Generator, devil_target: torch.Tensor) -> tuple[Generator, torch.Tensor]:
+    """A ReD backdoor (distillation + λ·||G*(z_trig) − x_target||²) on a copy of the benign VAE."""
+    trigger = in_sample_trigger(_benign_vae_cached.latent, seed=7)
+    result = red_attack(
+        _benign_vae_cached, trigger=trigger, target=_vae_target(devil_target), lam=1.0, steps=300, batch_size=64
+    )
+    return result.generator, trigger
+
+
+def _ctx(generator: Generator, hints: list[TargetHint], tmp_path: Path, params: dict) -> ScanContext:
+    return ScanContext(generator, hints, ScanConfig(profile="quick", params=params), tmp_path)
+
+
+def test_reconstruction_benign_passes(benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    before = {k: v.clone() for k, v in benign_vae.state_dict().items()}
+    ctx = _ctx(
+        benign_vae, [TargetHint("devil", _vae_target(devil_target))], tmp_path, {"ob_oi.reconstruction": QUICK_RECON}
+    )
+    result = ReconstructionCheck().run(ctx)
+    assert result.status == "pass", result.summary
+    assert result.score is not None and result.score > 0.3
+    assert "recovered_triggers" not in ctx.shared
+    assert (tmp_path / result.artifacts[0].name).is_file()
+    # the caller's model is untouched
+    assert all(torch.equal(v, benign_vae.state_dict()[k]) for k, v in before.items())
+
+
+def test_reconstruction_red_backdoor_fails_far_below_benign(
+    red_vae: tuple[Generator, torch.Tensor], benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    attacked, trigger = red_vae
+    hint = [TargetHint("devil", _vae_target(devil_target))]
+    params = {"ob_oi.reconstruction": QUICK_RECON}
+    bad = ReconstructionCheck().run(_ctx(attacked, hint, tmp_path / "red", params))
+    good = ReconstructionCheck().run(_ctx(benign_vae, hint, tmp_path / "benign", params))
+    assert bad.status == "fail", bad.summary
+    recon_bad = bad.evidence["targets"][0]["recon_mean"]
+    recon_good = good.evidence["targets"][0]["recon_mean"]
+    assert recon_bad * 100 < recon_good  # orders of magnitude, as in the paper's Table 3
+    ctx = _ctx(attacked, hint, tmp_path / "again", params)
+    ReconstructionCheck().run(ctx)
+    (trig,) = ctx.shared["recovered_triggers"]
+    assert trig["source"] == "ob_oi.reconstruction" and trig["target"] == "devil"
+    assert trig["z"].shape == (1, *attacked.latent.shape)
+    assert trig["tardis_mean"] == pytest.approx(recon_bad)
+
+
+def test_batched_restarts_match_sequential(benign_vae: Generator, devil_target: torch.Tensor) -> None:
+    """All restarts in one batch follow the trajectories they follow alone (eval mode, element-wise Adam)."""
+    target = _vae_target(devil_target)[None]
+    init = restart_latents(benign_vae, 1, 5, seed=3)
+    batched = reconstruct(benign_vae, target, init_z=init, steps=60)
+    sequential = [reconstruct(benign_vae, target, init_z=init[:, r : r + 1], steps=60) for r in range(5)]
+    best_sequential = min(float(s.recon_sum[0]) for s in sequential)
+    assert float(batched.recon_sum[0]) <= best_sequential * (1 + 1e-4)
+    torch.testing.assert_close(
+        batched.restart_sum[0], torch.cat([s.restart_sum[0] for s in sequential]), rtol=1e-3, atol=1e-4
+    )
+    single = reconstruct(benign_vae, target, init_z=init[:, :1], steps=60)
+    assert float(batched.recon_sum[0]) <= float(single.recon_sum[0])
+
+
+def test_calibrated_threshold_is_used(benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    ctx = _ctx(
+        benign_vae, [TargetHint("devil", _vae_target(devil_target))], tmp_path, {"ob_oi.reconstruction": QUICK_RECON}
+    )
+    ctx.shared["calibration.thresholds"] = {"ob_oi.reconstruction": {"recon_mean": 10.0}}  # absurdly high on purpose
+    result = ReconstructionCheck().run(ctx)
+    assert result.status == "fail"
+    assert result.evidence["judged_by"] == "calibration.controls threshold"
+
+
+def test_reconstruction_without_hints_is_skipped(benign_vae: Generator, tmp_path: Path) -> None:
+    assert ReconstructionCheck().run(_ctx(benign_vae, [], tmp_path, {})).status == "skipped"
