@@ -442,3 +442,27 @@ def test_broadcasting_blow_up_is_refused(op: str) -> None:
     assert executor(torch.ones(2, 4)).shape == (8, 8)
     with pytest.raises(InvalidModelError, match="limit"):
         executor(torch.ones(1000, 4))  # 4000 x 4000 = 16M elements
+
+
+def test_inconsistent_graph_fails_with_invalid_model_error() -> None:
+    """Graphs the checker lets through but torch refuses (bad Conv groups, bad Reshape) end in
+    InvalidModelError naming the node, never in a raw torch exception."""
+    w = _init("w", np.ones((4, 2, 3, 3), np.float32))  # 4 output channels, group 3 does not divide them
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["z", "w"], ["x"], group=3)], "g", [_vi("z", ["b", 6, 5, 5])], [_vi("x", None)], [w]
+    )
+    with pytest.raises(InvalidModelError, match="cannot be built"):
+        build_executor(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    bad_shape = _init("shape", np.array([7, -1], np.int64))
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["z", "shape"], ["x"])], "g", [_vi("z", ["b", 4])], [_vi("x", None)], [bad_shape]
+    )
+    executor = build_executor(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(InvalidModelError, match="Reshape"):
+        executor(torch.zeros(2, 4))
+    axis = _init("axis", np.array([5], np.int64))
+    graph = helper.make_graph(
+        [helper.make_node("Squeeze", ["z", "axis"], ["x"])], "g", [_vi("z", ["b", 4])], [_vi("x", None)], [axis]
+    )
+    with pytest.raises(InvalidModelError, match="Squeeze"):
+        build_executor(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))(torch.zeros(2, 4))

@@ -36,6 +36,8 @@ from scanner.errors import Finding, InvalidModelError, UnsupportedOpError
 from scanner.onnx.ops import DEFAULT_DOMAINS, RECORDED_OPS, is_allowed
 
 DEFAULT_MAX_TENSOR_ELEMENTS = 256 * 1024 * 1024
+# what torch and our attribute parsing raise on inconsistent graphs (mapped to InvalidModelError)
+_TORCH_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, KeyError, ZeroDivisionError, OverflowError)
 
 _ONNX_TO_TORCH_DTYPE: dict[int, torch.dtype] = {
     onnx.TensorProto.FLOAT: torch.float32,
@@ -413,7 +415,16 @@ class OnnxGraphModule(nn.Module):
                 args = [env[name] if name else None for name in names]
             except KeyError as exc:
                 raise InvalidModelError(f"node {step.name!r} reads {exc.args[0]!r}, which nothing produces") from None
-            results = _OPS[step.op_type](self, step, args, env)
+            try:
+                results = _OPS[step.op_type](self, step, args, env)
+            except torch.OutOfMemoryError:
+                raise
+            except InvalidModelError as exc:
+                if step.name in str(exc):
+                    raise
+                raise InvalidModelError(f"{step.op_type} node {step.name!r}: {exc}") from None
+            except _TORCH_ERRORS as exc:  # a hostile graph must end in a clear error, not a crash
+                raise InvalidModelError(f"{step.op_type} node {step.name!r} failed: {str(exc)[:300]}") from None
             for name, value in zip(step.outputs, results, strict=False):
                 if name:
                     env[name] = value
@@ -1343,9 +1354,12 @@ def build_executor(
     missing = sorted(set(_all_op_types(model.graph)) - set(_OPS))
     if missing:  # the allowlist and the implementation table must agree
         raise UnsupportedOpError(f"no implementation for {missing}")
-    return OnnxGraphModule(
-        model.graph, opset=default_opset(model), outputs=outputs, max_tensor_elements=max_tensor_elements
-    )
+    try:
+        return OnnxGraphModule(
+            model.graph, opset=default_opset(model), outputs=outputs, max_tensor_elements=max_tensor_elements
+        )
+    except _TORCH_ERRORS as exc:  # e.g. a Conv whose group does not divide its channels
+        raise InvalidModelError(f"the ONNX graph cannot be built: {str(exc)[:300]}") from None
 
 
 def _all_op_types(graph: onnx.GraphProto) -> list[str]:
