@@ -466,3 +466,59 @@ def test_inconsistent_graph_fails_with_invalid_model_error() -> None:
     )
     with pytest.raises(InvalidModelError, match="Squeeze"):
         build_executor(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))(torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("opset", [9, 10])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_upsample9_and_resize10_match_onnxruntime(opset: int, mode: str) -> None:
+    x = np.random.default_rng(4).normal(size=(1, 2, 3, 4)).astype(np.float32)
+    scales = _init("scales", np.array([1, 1, 2, 1.5], np.float32))
+    op = "Upsample" if opset == 9 else "Resize"
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "scales"], ["y"], mode=mode)],
+        "g",
+        [_vi("x", [1, 2, 3, 4])],
+        [_vi("y", [1, 2, 6, 6])],
+        [scales],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    (reference,) = _ort(model, {"x": x})
+    assert np.abs(build_executor(model)(torch.from_numpy(x)).numpy() - reference).max() <= ATOL
+
+
+@pytest.mark.parametrize(
+    ("coord", "nearest_mode"),
+    [
+        ("half_pixel", "round_prefer_floor"),
+        ("pytorch_half_pixel", "floor"),
+        ("tf_half_pixel_for_nn", "ceil"),
+        ("asymmetric", "round_prefer_ceil"),
+        ("align_corners", "round_prefer_floor"),
+    ],
+)
+@pytest.mark.parametrize("sizes", [[1, 2, 7, 3], [1, 2, 2, 9]], ids=["mixed", "down-up"])
+def test_resize_coordinate_modes_match_onnxruntime(coord: str, nearest_mode: str, sizes: list[int]) -> None:
+    x = np.random.default_rng(5).normal(size=(1, 2, 5, 6)).astype(np.float32)
+    for mode in ("nearest", "linear"):
+        graph = helper.make_graph(
+            [
+                helper.make_node(
+                    "Resize",
+                    ["x", "", "", "sizes"],
+                    ["y"],
+                    mode=mode,
+                    coordinate_transformation_mode=coord,
+                    nearest_mode=nearest_mode,
+                )
+            ],
+            "g",
+            [_vi("x", [1, 2, 5, 6])],
+            [_vi("y", sizes)],
+            [_init("sizes", np.array(sizes, np.int64))],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        (reference,) = _ort(model, {"x": x})
+        got = build_executor(model)(torch.from_numpy(x)).numpy()
+        assert np.abs(got - reference).max() <= ATOL, mode

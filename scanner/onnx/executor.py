@@ -1290,8 +1290,9 @@ def _resize_impl(
 @_op("Resize")
 def _resize(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, Any]) -> list[Any]:
     x = a[0]
-    if m.opset < 11:  # Resize-10: (X, scales), asymmetric coordinates
-        return [_resize_impl(m, s, x, _float_list(a[1]), None, "asymmetric")]
+    if m.opset < 11:  # Resize-10: (X, scales), asymmetric coordinates, nearest rounds down (as Upsample)
+        step = NodeStep(s.op_type, s.name, s.inputs, s.outputs, {**s.attrs, "nearest_mode": "floor"})
+        return [_resize_impl(m, step, x, _float_list(a[1]), None, "asymmetric")]
     scales = _float_list(a[2]) if len(a) > 2 and a[2] is not None and a[2].numel() else None
     sizes = _int_list(a[3]) if len(a) > 3 and a[3] is not None and a[3].numel() else None
     coord_mode = s.attrs.get("coordinate_transformation_mode", "half_pixel")
