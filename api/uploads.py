@@ -165,6 +165,8 @@ async def receive_upload(request: Request, settings: Settings, store: ObjectStor
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with parts model, targets, config")
+    if len(boundary) > 70:  # RFC 2046's limit; python-multipart raises (outside our parse loop) past 256
+        raise ApiError(400, "malformed_multipart", "multipart boundary longer than 70 characters")
     max_total = (
         settings.max_model_bytes + settings.max_targets * settings.max_target_bytes + settings.max_config_bytes + 65536
     )
