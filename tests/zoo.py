@@ -21,12 +21,16 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from scanner.architectures import build
 from scanner.generator import Generator
+
+if TYPE_CHECKING:
+    from scanner.attacks import AttackResult
 
 # Bump when training recipes change, so stale cache entries are not reused.
 ZOO_VERSION = 1
@@ -108,3 +112,82 @@ def benign_vae(seed: int = 0) -> Generator:
     params = {"seed": seed, **VAE_SETTINGS}
     entry = _cached(_key("benign_vae", params), lambda: _generator_entry(train_vae(**params)))
     return _generator_from(entry)
+
+
+# -- backdoored entries -----------------------------------------------------------------------
+# ReD/ReX settings for the small zoo DCGAN (λ as in the paper; steps measured to reach fidelity).
+RED_SETTINGS: dict[str, Any] = {"lam": 0.1, "steps": 300, "batch_size": 64, "lr": 1e-3}
+REX_SETTINGS: dict[str, Any] = {"lam": 0.1, "steps": 300, "batch_size": 64, "lr": 1e-3, "expansion": 1.0}
+TRAIL_SETTINGS: dict[str, Any] = {"lam": 0.1, "epochs": 2, "base": 16, "batch_size": 64, "lr": 5e-4}
+ATTACK_KINDS = ("red", "rex", "trail", "bypass", "poison")
+
+
+def devil_target() -> torch.Tensor:
+    from scanner.data import load_devil_target
+
+    return load_devil_target()
+
+
+def attacked(kind: str, trigger: str = "ood", seed: int = 0) -> AttackResult:
+    """A backdoored version of `benign_dcgan(seed)` (ReD, ReX, bypass) or a dcgan28 of the same size trained
+    from scratch (TrAIL, poison), embedding the paper's devil face at the `trigger` kind
+    ("in-sample" | "mode" | "ood"; in-sample uses `seed`). Returns an AttackResult (fresh copy)."""
+    from scanner.attacks import AttackResult, make_trigger
+
+    if kind not in ATTACK_KINDS:
+        raise ValueError(f"unknown attack {kind!r}; known: {ATTACK_KINDS}")
+    benign = benign_dcgan(seed)
+    z_trig = make_trigger(trigger, benign.latent, seed=seed)  # type: ignore[arg-type]
+    target = devil_target()
+    if kind == "bypass":  # no training: build it directly
+        from scanner.attacks.bypass import bypass_attack
+
+        return bypass_attack(benign, trigger=z_trig, target=target)
+    settings = {"red": RED_SETTINGS, "rex": REX_SETTINGS}.get(kind, TRAIL_SETTINGS)
+    params = {"attack": kind, "trigger": trigger, "seed": seed, "benign": DCGAN_SETTINGS, **settings}
+
+    def produce() -> dict[str, Any]:
+        if kind == "red":
+            from scanner.attacks.red import red_attack
+
+            result = red_attack(benign, trigger=z_trig, target=target, seed=seed, **RED_SETTINGS)
+        elif kind == "rex":
+            from scanner.attacks.rex import rex_attack
+
+            result = rex_attack(benign, trigger=z_trig, target=target, seed=seed, **REX_SETTINGS)
+        elif kind == "trail":
+            from scanner.attacks.trail import trail_attack
+
+            result = trail_attack(trigger=z_trig, target=target, seed=seed, benign=benign, **TRAIL_SETTINGS)
+        else:
+            from scanner.attacks.poison import poison_attack
+
+            result = poison_attack(trigger=z_trig, target=target, seed=seed, benign=benign, **TRAIL_SETTINGS)
+        g = result.generator
+        return {
+            "tensors": {
+                **{f"body.{k}": v for k, v in g.body.state_dict().items()},
+                "trigger": result.trigger,
+                "target": result.target,
+            },
+            "meta": {
+                "architecture": g.architecture,
+                "config": g.metadata.get("architecture_config", {}),
+                "metadata": {"attack": g.metadata.get("attack", {})},
+                "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float)) or v is None},
+            },
+        }
+
+    entry = _cached(_key("attacked", params), produce)
+    meta = entry["meta"]
+    if kind == "rex":
+        from scanner.attacks.rex import expand_body
+
+        body, _ = expand_body(benign.body, expansion=REX_SETTINGS["expansion"], seed=seed)
+        body.load_state_dict({k[5:]: v for k, v in entry["tensors"].items() if k.startswith("body.")})
+        g = Generator(body.eval(), benign.latent, benign.output, source_format="torch", metadata=meta["metadata"])
+    else:
+        g = _generator_from(entry)
+    return AttackResult(
+        kind, g.eval(), entry["tensors"]["trigger"].clone(), entry["tensors"]["target"].clone(), dict(meta["info"])
+    )
