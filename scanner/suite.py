@@ -66,6 +66,7 @@ from scanner import __version__
 from scanner.checks.base import (
     CHECKS,
     PROFILES,
+    Artifact,
     Check,
     CheckResult,
     ProgressCallback,
@@ -653,6 +654,33 @@ def _validate_result(result: Any, check_name: str) -> None:
         raise ValueError(f"check returned a result named {result.name!r}")
     if result.status not in ("pass", "warn", "fail", "error", "skipped"):
         raise ValueError(f"check returned unknown status {result.status!r}")
+    if not isinstance(result.evidence, dict):
+        raise TypeError(f"check returned evidence of type {type(result.evidence).__name__}, not a dict")
+    if not all(isinstance(a, Artifact) for a in result.artifacts):
+        raise TypeError("check returned artifacts that are not scanner.checks.base.Artifact")
+    for attr in ("score", "threshold"):
+        value = getattr(result, attr)
+        if value is not None and not isinstance(value, (int, float)):
+            try:
+                setattr(result, attr, float(value))  # numpy / 0-d tensor scores are fine
+            except (TypeError, ValueError):
+                raise TypeError(f"check returned a non-numeric {attr}: {type(value).__name__}") from None
+    result.summary = str(result.summary)
+    # the report must always serialise: anything to_jsonable does not know becomes its str()
+    result.evidence = json_safe(to_jsonable(result.evidence))
+
+
+def json_safe(obj: Any) -> Any:
+    """Strict-JSON version of an already ``to_jsonable`` value: unknown objects become strings."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return str(obj)
 
 
 class _seeded:

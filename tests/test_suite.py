@@ -168,6 +168,29 @@ class Sharded(Check):
         return self.merge(ctx, [self.run_shard(ctx, s) for s in self.shards(ctx)])
 
 
+class Sloppy(Check):
+    """Evidence with objects JSON does not know, a numpy score: the report must still serialise."""
+
+    name = "static.zz_test_sloppy"
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        import numpy as np
+
+        return self.result(
+            "pass",
+            "sloppy but fine",
+            score=np.float32(0.5),
+            evidence={"path": Path("/x"), "t": torch.tensor([1.0, float("nan")]), "obj": object(), 3: np.inf},
+        )
+
+
+class WrongReturn(Check):
+    name = "static.zz_test_wrong_return"
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        return {"status": "pass"}  # type: ignore[return-value]
+
+
 # -- runner ----------------------------------------------------------------------------------
 def test_topological_order_is_deterministic_and_respects_requires() -> None:
     reqs = {"ob_oi.a": ("calibration.c",), "calibration.c": (), "static.b": (), "format.x": (), "zz.other": ()}
@@ -400,3 +423,25 @@ def test_real_quick_profile_on_a_benign_zoo_model_is_clean(benign_vae: Generator
     assert report.verdict == "clean", (report.verdict_reasons, not_ok)
     families = {c["family"] for c in data["checks"]}
     assert {"format", "static", "dynamic"} <= families
+
+
+def test_sloppy_results_are_made_json_safe_or_become_errors(
+    register: Register, tiny: Generator, tmp_path: Path
+) -> None:
+    import json
+
+    register(Sloppy), register(WrongReturn)
+    _, report = scan(tiny, tmp_path, only=["static.zz_test_sloppy", "static.zz_test_wrong_return"])
+    data = report.to_dict()
+    validate_report(data)
+    json.dumps(data, allow_nan=False)
+    by_name = {c["name"]: c for c in data["checks"]}
+    sloppy = by_name["static.zz_test_sloppy"]
+    assert sloppy["status"] == "pass" and sloppy["score"] == 0.5
+    assert (
+        sloppy["evidence"]["path"] == "/x"
+        and sloppy["evidence"]["t"] == [1.0, "nan"]
+        and sloppy["evidence"]["3"] == "inf"
+    )
+    assert by_name["static.zz_test_wrong_return"]["status"] == "error"
+    assert "not a CheckResult" in by_name["static.zz_test_wrong_return"]["summary"]
