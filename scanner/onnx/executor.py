@@ -759,8 +759,9 @@ def _batch_norm(m: OnnxGraphModule, s: NodeStep, a: list[Any], env: dict[str, An
     if s.attrs.get("training_mode", 0):
         # training-mode graphs normalise with batch statistics
         return [F.batch_norm(x, None, None, scale, bias, training=True, eps=eps), mean, var]
-    # written out (not F.batch_norm) so gradients also reach the statistics, which in ONNX are
-    # ordinary initializers
+    if not (mean.requires_grad or var.requires_grad) and x.dim() >= 2:
+        return [F.batch_norm(x, mean, var, scale, bias, training=False, eps=eps)]  # fused: the common case
+    # written out when the statistics are trainable (F.batch_norm refuses gradients to them)
     shape = [1, -1] + [1] * (x.dim() - 2)
     inv_std = torch.rsqrt(var.reshape(shape) + eps)
     return [(x - mean.reshape(shape)) * inv_std * scale.reshape(shape) + bias.reshape(shape)]
