@@ -204,3 +204,12 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     text = capsys.readouterr().out
     for line in ("0  clean", "1  suspicious or backdoored", "2  error", "3  inconclusive"):
         assert line in text
+
+
+def test_through_the_dgmscan_dispatcher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scanner.cli import main
+
+    model = tmp_path / "model.pkl"
+    model.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))  # a raw pickle: never loaded, whatever it holds
+    assert main(["scan", str(model), "--quiet"]) == 2
+    assert "verdict: REJECTED" in capsys.readouterr().out
