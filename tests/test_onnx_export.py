@@ -115,3 +115,60 @@ def test_cli_refuses_unknown_suffix_and_unsafe_input(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert "dgmscan export:" in err and ".onnx or .safetensors" in err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def _branchy_model() -> onnx.ModelProto:
+    """x = reshape(z @ W_then) if max(z) > 10 else reshape(z @ W_else): weights inside If branches."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def branch(tag: str) -> onnx.GraphProto:
+        w = numpy_helper.from_array(rng.normal(size=(8, 12)).astype(np.float32), f"W_{tag}")
+        shape = numpy_helper.from_array(np.array([-1, 1, 12], np.int64), f"shape_{tag}")
+        return helper.make_graph(
+            [
+                helper.make_node("MatMul", ["z", f"W_{tag}"], [f"h_{tag}"]),
+                helper.make_node("Reshape", [f"h_{tag}", f"shape_{tag}"], [f"o_{tag}"]),
+            ],
+            tag,
+            [],
+            [helper.make_tensor_value_info(f"o_{tag}", TensorProto.FLOAT, ["batch", 1, 12])],
+            [w, shape],
+        )
+
+    nodes = [
+        helper.make_node("ReduceMax", ["z"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "ten"], ["cond"]),
+        helper.make_node("If", ["cond"], ["x"], then_branch=branch("then"), else_branch=branch("else")),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 12])],
+        [numpy_helper.from_array(np.float32(10.0), "ten")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_weights_inside_if_branches_are_written_back(tmp_path: Path) -> None:
+    source = tmp_path / "branchy.onnx"
+    source.write_bytes(_branchy_model().SerializeToString())
+    loaded = generator_from_onnx(inspect_onnx(source)[0])
+    assert len(loaded.layers()) == 2  # one nn.Linear per branch, visible to the checks
+    tuned = loaded.copy()
+    with torch.no_grad():
+        for li in tuned.layers():
+            li.weight.mul_(-2.0)
+    out = tmp_path / "tuned.onnx"
+    export_onnx(tuned, out)
+    reloaded = generator_from_onnx(inspect_onnx(out)[0])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for z in (torch.randn(3, 8), torch.full((2, 8), 11.0)):  # else branch, then branch
+        assert (reloaded.generate(z) - tuned.generate(z)).abs().max() <= 1e-5
+        (x,) = session.run(None, {"z": z.numpy()})
+        assert np.abs(x - tuned.generate(z).numpy()).max() <= 1e-4
+        assert not torch.allclose(loaded.generate(z), tuned.generate(z))

@@ -118,6 +118,7 @@ class NodeStep:
     outputs: list[str]
     attrs: dict[str, Any]
     module: str | None = None  # key in `OnnxGraphModule.layers` for weight-bearing nodes
+    source_index: int = -1  # position of the node in `graph.node` (to write weights back)
     subgraphs: dict[str, str] = field(default_factory=dict)  # attribute name -> key in `.subgraphs`
 
 
@@ -191,6 +192,7 @@ class OnnxGraphModule(nn.Module):
             raise InvalidModelError(f"graph {graph.name!r} has no outputs")
 
         nodes = list(graph.node)
+        index_in_graph = {id(node): i for i, node in enumerate(nodes)}
         for node in nodes:
             if node.op_type in RECORDED_OPS:
                 self.recorded_ops.append(RecordedOp(node.op_type, node.name, RECORDED_OPS[node.op_type]))
@@ -208,6 +210,7 @@ class OnnxGraphModule(nn.Module):
             attrs = _attributes(node)
             name = node.name or f"{node.op_type}_{index}"
             step = NodeStep(node.op_type, name, list(node.input), list(node.output), {})
+            step.source_index = index_in_graph[id(node)]
             layer = self._try_layer(node, attrs, initializers, use_counts, nodes, index)
             if layer is not None:
                 module, source, fused_add_index = layer

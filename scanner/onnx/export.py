@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from scanner.errors import InvalidModelError
 from scanner.generator import Generator
+from scanner.onnx.executor import OnnxGraphModule
 from scanner.onnx.model import (
     META_ARCHITECTURE,
     META_ARCHITECTURE_CONFIG,
@@ -59,20 +60,37 @@ def _written_back(generator: Generator) -> onnx.ModelProto | None:
         return None
     model = onnx.ModelProto()
     model.CopyFrom(original)
-    values = body.initializer_values()
-    by_name = {t.name: t for t in model.graph.initializer}
-    for name, value in values.items():
+    return model if _write_graph(body, model.graph) else None
+
+
+def _write_graph(body: OnnxGraphModule, graph: onnx.GraphProto) -> bool:
+    """Write `body`'s current weights into `graph` and its If branches; False when a shape no
+    longer fits (layers were resized, e.g. expanded: the caller re-traces instead)."""
+    by_name = {t.name: t for t in graph.initializer}
+    for name, value in body.initializer_values().items():
         proto = by_name.get(name)
         if proto is None or tuple(proto.dims) != tuple(value.shape):
-            return None  # layers were resized (e.g. expanded): re-trace instead
+            return False
         array = value.detach().cpu().numpy().astype(onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
         proto.CopyFrom(numpy_helper.from_array(array, name))
-    for node in model.graph.node:  # Gemm alpha/beta were folded into the nn.Linear
-        if node.op_type == "Gemm" and any(src.weight == node.input[1] for src in body.layer_sources.values()):
+    layer_weights = {src.weight for src in body.layer_sources.values()}
+    for node in graph.node:  # Gemm alpha/beta were folded into the nn.Linear
+        if node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in layer_weights:
             for attr in node.attribute:
                 if attr.name in ("alpha", "beta"):
                     attr.f = 1.0
-    return model
+    for step in body.steps:
+        if not step.subgraphs:
+            continue
+        if not 0 <= step.source_index < len(graph.node):
+            return False
+        node = graph.node[step.source_index]
+        for attr in node.attribute:
+            key = step.subgraphs.get(attr.name)
+            is_branch = key is not None and attr.type == onnx.AttributeProto.GRAPH
+            if is_branch and not _write_graph(body.subgraphs[key], attr.g):
+                return False
+    return True
 
 
 def _traced(generator: Generator, path: Path, opset: int) -> onnx.ModelProto:
