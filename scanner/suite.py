@@ -305,6 +305,12 @@ def select_checks(registry: Mapping[str, type[Check]], config: ScanConfig) -> tu
     for selector in [*(config.only or []), *config.skip]:
         if not _match(set(registry), selector):
             raise ScanConfigError(f"unknown check or family {selector!r}; known checks: {', '.join(sorted(registry))}")
+    for what, names in (("budget", config.budgets), ("parameters", config.params)):
+        unknown = sorted(set(names) - set(registry))
+        if unknown:
+            raise ScanConfigError(
+                f"{what} given for unknown check(s) {unknown}; known checks: {', '.join(sorted(registry))}"
+            )
     if config.only is not None:
         selected: set[str] = set()
         for selector in config.only:

@@ -87,6 +87,8 @@ def test_clean_model_exit_0_and_all_reports(
     code = dgmscan_scan(
         [
             str(model_file),
+            "--budget",
+            "static.zz_cli_outcome=30",
             "--target",
             str(target_png),
             "--only",
@@ -115,6 +117,7 @@ def test_clean_model_exit_0_and_all_reports(
     assert report["model"]["parameters"] == sum(
         p.numel() for p in build("vae_mnist_decoder", {"latent_dim": 4, "hidden": 16}).parameters()
     )
+    assert report["checks"][0]["evidence"] == {"budget_s": 30.0, "over_budget": False}
     assert report["seed"] == 3 and report["targets"][0]["file_name"] == "devil face <1>.png"
     assert (out / "art" / report["targets"][0]["artifact"]["name"]).is_file()
     sarif = json.loads((out / "r.sarif").read_text())
@@ -193,6 +196,10 @@ def test_usage_errors_exit_2(
     assert dgmscan_scan([str(tmp_path / "missing.onnx"), "--quiet"]) == 2
     assert dgmscan_scan([str(model_file), "--only", "static.no_such_check", "--quiet"]) == 2
     assert "no_such_check" in capsys.readouterr().err
+    assert dgmscan_scan([str(model_file), "--budget", "static.no_such_check=5", "--quiet"]) == 2
+    assert "budget given for unknown check" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dgmscan_scan([str(model_file), "--budget", "static.zz_cli_outcome=-1"])
     if not torch.cuda.is_available():
         assert dgmscan_scan([str(model_file), "--device", "cuda", "--quiet"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err

@@ -47,7 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every random draw (default 0)")
     parser.add_argument("--only", action="append", metavar="CHECK", help="run only this check or family (repeatable)")
     parser.add_argument("--skip", action="append", default=[], metavar="CHECK", help="skip a check or family")
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        type=_budget,
+        metavar="CHECK=SECONDS",
+        help="time budget of a check; a check past it stops early and says so (repeatable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _budget(text: str) -> tuple[str, float]:
+    name, sep, seconds = text.partition("=")
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = -1.0
+    if not sep or not name or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected CHECK=SECONDS with SECONDS > 0, got {text!r}")
+    return name, value
 
 
 class _Progress:
@@ -122,7 +141,14 @@ def run(args: argparse.Namespace) -> int:
     from scanner.suite import run_scan
     from scanner.verdict import EXIT_ERROR, exit_code
 
-    config = ScanConfig(profile=args.profile, seed=args.seed, device=args.device, only=args.only, skip=args.skip)
+    config = ScanConfig(
+        profile=args.profile,
+        seed=args.seed,
+        device=args.device,
+        only=args.only,
+        skip=args.skip,
+        budgets=dict(args.budget),
+    )
     with tempfile.TemporaryDirectory(prefix="dgmscan-artifacts-") as tmp:
         artifacts_dir = args.artifacts if args.artifacts is not None else Path(tmp)
         progress = _Progress(sys.stderr, enabled=not args.quiet)
