@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # fan shardable checks (BF-OI Closest-N) out over the queue as a chord; needs a result backend
     fanout: bool = True
     worker_device: str = "cpu"  # "cuda" on GPU workers (one worker process per GPU)
+    # per worker child (set when the prefork child starts): RLIMIT_DATA, so a hostile graph or a huge
+    # scan fails with MemoryError instead of taking the machine down; 0 = no limit
+    worker_memory_limit_mb: int = Field(default=16384, ge=0)
+    # per worker child: RLIMIT_FSIZE, the largest file a scan may write (downloads, artifacts); 0 = no limit
+    worker_max_file_mb: int = Field(default=8192, ge=0)
     webhook_max_retries: int = 6
     # callbacks to loopback/private/link-local addresses are refused unless allowed (SSRF guard)
     webhook_allow_private: bool = False
