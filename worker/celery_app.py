@@ -12,7 +12,11 @@ time limits per scan.
 
 from __future__ import annotations
 
+import resource
+import signal
+
 from celery import Celery
+from celery.signals import worker_process_init
 from kombu import Queue
 
 from persistence.settings import Settings, get_settings
@@ -50,6 +54,26 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_max_tasks_per_child=50,
     )
     return app
+
+
+def apply_child_limits(settings: Settings) -> None:
+    """Resource limits of one worker child (memory: RLIMIT_DATA, written files: RLIMIT_FSIZE).
+
+    RLIMIT_DATA (not RLIMIT_AS) because CUDA reserves large PROT_NONE address ranges that RLIMIT_AS
+    would count; an allocation past the limit raises MemoryError / torch's allocator error, which the
+    job reports as the scan's failure reason while the worker lives on."""
+    if settings.worker_memory_limit_mb > 0:
+        limit = settings.worker_memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    if settings.worker_max_file_mb > 0:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing
+        limit = settings.worker_max_file_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@worker_process_init.connect
+def _limit_worker_child(**_signal_kwargs: object) -> None:  # Celery passes sender/signal keywords
+    apply_child_limits(get_settings())
 
 
 app = create_app()
