@@ -340,6 +340,9 @@ def run_scan_job(
 
             if isinstance(exc, SoftTimeLimitExceeded):
                 finish(db, scan_id, ScanStatus.failed, current_check=None, error="scan exceeded its time limit")
+            elif _out_of_memory(exc):
+                log.warning("scan %s ran out of memory: %s", scan_id, exc)
+                finish(db, scan_id, ScanStatus.failed, current_check=None, error=OUT_OF_MEMORY)
             else:
                 log.exception("scan %s failed", scan_id)
                 finish(
@@ -348,6 +351,17 @@ def run_scan_job(
     with session_scope(db) as session:
         scan = session.get(Scan, scan_id)
         return scan.status if scan is not None else "missing"
+
+
+OUT_OF_MEMORY = "scan exceeded the worker memory limit (DGMSCAN_WORKER_MEMORY_LIMIT_MB)"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's allocator refusing past RLIMIT_DATA (a RuntimeError)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+    )
 
 
 def open_inputs(settings: Settings, store: ObjectStore, inputs: ScanInputs, workdir: Path, artifacts_dir: Path) -> Any:
