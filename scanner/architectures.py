@@ -73,9 +73,7 @@ def _dcgan_body(latent_dim: int, channels: int, base: int, start: int, upsamples
             nn.BatchNorm2d(widths[i + 1]),
             nn.LeakyReLU(0.2),
         ]
-    layers.append(
-        nn.ConvTranspose2d(widths[upsamples], channels, 5, stride=2, padding=2, output_padding=1, bias=False)
-    )
+    layers.append(nn.ConvTranspose2d(widths[upsamples], channels, 5, stride=2, padding=2, output_padding=1, bias=False))
     return nn.Sequential(*layers)
 
 
@@ -91,9 +89,7 @@ def dcgan32_body(latent_dim: int = 100, channels: int = 3, base: int = 64) -> nn
 
 # -- MNIST VAE decoder (Kingma & Welling's MLP decoder) ---------------------------------------
 def vae_mnist_decoder_body(latent_dim: int = 20, hidden: int = 400) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, 784), Reshape(1, 28, 28)
-    )
+    return nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, 784), Reshape(1, 28, 28))
 
 
 # -- WaveGAN-style 1-D generator (Donahue et al.), 16384 samples -----------------------------
@@ -126,7 +122,9 @@ class StyleBlock(nn.Module):
 
 
 class StyleGenerator(nn.Module):
-    def __init__(self, latent_dim: int = 64, w_dim: int = 64, channels: int = 3, width: int = 32, resolution: int = 32) -> None:
+    def __init__(
+        self, latent_dim: int = 64, w_dim: int = 64, channels: int = 3, width: int = 32, resolution: int = 32
+    ) -> None:
         super().__init__()
         mapping: list[nn.Module] = []
         for i in range(4):

@@ -43,7 +43,9 @@ class LatentSpec:
             return -0.5 * (flat**2).sum(1) - 0.5 * flat.shape[1] * math.log(2 * math.pi)
         inside = ((flat >= self.low) & (flat <= self.high)).all(1)
         val = -flat.shape[1] * math.log(self.high - self.low)
-        return torch.where(inside, torch.full_like(inside, val, dtype=flat.dtype), torch.full_like(inside, -math.inf, dtype=flat.dtype))
+        return torch.where(
+            inside, torch.full_like(inside, val, dtype=flat.dtype), torch.full_like(inside, -math.inf, dtype=flat.dtype)
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
