@@ -106,21 +106,16 @@ def _request(client: httpx.Client, method: str, path: str) -> httpx.Response:
     return client.request(method, path, follow_redirects=False)
 
 
-@pytest.mark.parametrize("key_kind", ["rw", "read_only"])
-@pytest.mark.parametrize(("owner", "intruder"), [("alice", "bob"), ("bob", "alice")])
+@pytest.mark.parametrize(("owner", "intruder_key"), [("alice", "bob"), ("bob", "alice"), ("bob", "alice_ro")])
 @pytest.mark.parametrize(("method", "template", "which", "owner_gets"), ENDPOINTS)
-def test_other_tenant_gets_404(
-    prod_api, tenant_keys, scans, method, template, which, owner_gets, owner, intruder, key_kind
-) -> None:
-    if key_kind == "read_only" and intruder != "alice":
-        pytest.skip("only alice has a read-only key")
+def test_other_tenant_gets_404(prod_api, tenant_keys, scans, method, template, which, owner_gets, owner, intruder_key):
     scan_id = getattr(scans[owner], which)
     path = template.format(id=scan_id)
-    key = tenant_keys["alice_ro" if key_kind == "read_only" else intruder]
+    key = tenant_keys[intruder_key]
     with prod_api.client(key) as c, prod_api.client(tenant_keys[owner]) as own:
         before = own.get(f"/v1/scans/{scan_id}").json()
         r = _request(c, method, path)
-        expected = 403 if (key_kind == "read_only" and method == "DELETE") else 404  # scope is checked first
+        expected = 403 if (intruder_key == "alice_ro" and method == "DELETE") else 404  # scope is checked first
         assert r.status_code == expected, (method, path, r.status_code, r.text[:300])
         if expected == 404:
             assert r.json()["error"]["code"] == "not_found"
@@ -157,7 +152,8 @@ def test_presigned_urls_are_bound_to_one_object(prod_api, tenant_keys, scans, s3
         a_url = alice.get(f"/v1/scans/{scans['alice'].finished}/sanitized-model").headers["location"]
         b_url = bob.get(f"/v1/scans/{scans['bob'].finished}/sanitized-model").headers["location"]
     a_parts, b_parts = urlsplit(a_url), urlsplit(b_url)
-    assert f"tenants/{scans['alice'].tenant_id}/" in a_parts.path and f"tenants/{scans['bob'].tenant_id}/" in b_parts.path
+    assert f"tenants/{scans['alice'].tenant_id}/" in a_parts.path
+    assert f"tenants/{scans['bob'].tenant_id}/" in b_parts.path
     assert httpx.get(a_url, timeout=30).status_code == 200
     forged = urlunsplit(a_parts._replace(path=b_parts.path))  # alice's signature, bob's object
     assert httpx.get(forged, timeout=30).status_code == 403
