@@ -149,7 +149,7 @@ def upload(client: httpx.Client, model: Path, targets: list[Path] = (), config: 
 WORKER_LOGS: list[Path] = []  # worker logs to quote when a scan never finishes
 
 
-def wait_scan(client: httpx.Client, scan_id: str, timeout_s: float = 240) -> dict:
+def wait_scan(client: httpx.Client, scan_id: str, timeout_s: float = 480) -> dict:
     """Poll GET /v1/scans/{id} until a terminal status."""
     deadline = time.monotonic() + timeout_s
     body: dict = {}
