@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,7 +19,7 @@ from api.errors import ApiError
 from api.metrics import LATENCY, REQUESTS
 from api.routes import health, scans
 from persistence.settings import Settings, get_settings
-from persistence.storage import S3ObjectStore, get_store
+from persistence.storage import S3ObjectStore, StorageError, get_store
 
 log = logging.getLogger("dgmscan.api")
 
@@ -109,6 +110,19 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool | None
         detail: Any = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         err = ApiError(422, "invalid_request", "request validation failed", detail)
         return JSONResponse(status_code=422, content=err.body())
+
+    # a dependency down (database restarting, object store unreachable) is a 503 to retry, not a 500
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        err = ApiError(503, "database_unavailable", "the database is unavailable; retry shortly")
+        return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "5"})
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_request: Request, exc: StorageError) -> JSONResponse:
+        err = ApiError(503, "storage_unavailable", "the object store is unavailable; retry shortly")
+        return JSONResponse(status_code=503, content=err.body(), headers={"Retry-After": "5"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
