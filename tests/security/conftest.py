@@ -10,10 +10,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from glob import glob
 from pathlib import Path
 
 import pytest
@@ -35,38 +32,18 @@ prod_api = _svc.prod_api
 prod_worker = _svc.prod_worker
 tenant_keys = _svc.tenant_keys
 
-from svc_helpers import free_port, stop, wait_for  # noqa: E402
-
-
-@dataclass
-class PrivateServer:
-    """A server process this test session owns (safe to kill and restart)."""
-
-    url: str
-    port: int
-    workdir: Path
-    proc: subprocess.Popen | None = None
+from sec_helpers import (  # noqa: E402
+    PrivateServer,
+    as_pg_user,
+    pg_bin,
+    start_private_postgres,
+    start_private_redis,
+    stop_private_postgres,
+)
+from svc_helpers import free_port, stop  # noqa: E402
 
 
 # -- a private Redis ---------------------------------------------------------------------------
-def _redis_binary() -> str:
-    found = shutil.which("redis-server") or next(iter(glob("/usr/bin/redis-server*")), None)
-    if not found:
-        pytest.fail("redis-server is required for the fault tests")
-    return found
-
-
-def start_private_redis(server: PrivateServer) -> None:
-    """(Re)start the private redis-server on its fixed port (appendonly, so a restart keeps the queue)."""
-    import redis
-
-    cmd = [_redis_binary(), "--port", str(server.port), "--bind", "127.0.0.1", "--dir", str(server.workdir)]
-    cmd += ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"]
-    log = open(server.workdir / "redis.log", "ab")  # noqa: SIM115 - the process owns it
-    server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for(lambda: redis.Redis.from_url(server.url).ping(), 30, "private redis", server.proc)
-
-
 @pytest.fixture(scope="session")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
     port = free_port()
@@ -78,32 +55,6 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateS
 
 
 # -- a private Postgres cluster ----------------------------------------------------------------
-def _pg_bin(name: str) -> str:
-    found = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        pytest.fail(f"{name} (PostgreSQL server binaries) is required for the fault tests")
-    return found[-1]
-
-
-def _as_pg_user(cmd: list[str]) -> list[str]:
-    """Postgres refuses to run as root: drop to the `postgres` system user when we are root."""
-    import os
-
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def start_private_postgres(server: PrivateServer) -> None:
-    """(Re)start the private cluster (pg_ctl -w waits until it accepts connections)."""
-    data = server.workdir / "data"
-    cmd = [_pg_bin("pg_ctl"), "-D", str(data), "-l", str(server.workdir / "pg.log"), "-w", "-t", "60", "start"]
-    subprocess.run(_as_pg_user(cmd), check=True, capture_output=True)
-
-
-def stop_private_postgres(server: PrivateServer, mode: str = "immediate") -> None:
-    cmd = [_pg_bin("pg_ctl"), "-D", str(server.workdir / "data"), "-m", mode, "-w", "stop"]
-    subprocess.run(_as_pg_user(cmd), check=False, capture_output=True)
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The broker of prod_api/prod_worker here: a private redis-server, because the shared one's db
@@ -130,8 +81,8 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
                 break
             parent.chmod(parent.stat().st_mode | 0o011)
     port = free_port()
-    initdb = [_pg_bin("initdb"), "-D", str(workdir / "data"), "-A", "trust", "-U", "postgres", "--no-sync"]
-    subprocess.run(_as_pg_user(initdb), check=True, capture_output=True)
+    initdb = [pg_bin("initdb"), "-D", str(workdir / "data"), "-A", "trust", "-U", "postgres", "--no-sync"]
+    subprocess.run(as_pg_user(initdb), check=True, capture_output=True)
     with open(workdir / "data" / "postgresql.conf", "a") as conf:
         conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{workdir}'\n")
         conf.write("fsync = off\nmax_connections = 50\n")
@@ -139,13 +90,3 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
     start_private_postgres(server)
     yield server
     stop_private_postgres(server, "fast")
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    """Poll `predicate` until true (a condition, not a timing claim)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not reached within {timeout_s}s")
