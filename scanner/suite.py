@@ -312,6 +312,8 @@ def select_checks(registry: Mapping[str, type[Check]], config: ScanConfig) -> tu
                 f"{what} given for unknown check(s) {unknown}; known checks: {', '.join(sorted(registry))}"
             )
     if config.only is not None:
+        if not config.only:
+            raise ScanConfigError("`only` is empty: name at least one check or family (or leave it unset)")
         selected: set[str] = set()
         for selector in config.only:
             hits = _match(in_profile, selector)

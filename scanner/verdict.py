@@ -17,7 +17,8 @@ Rules, applied in this order (the first that matches decides):
                      evidence; or a check of another family (e.g. ``sanitization``, which is a
                      defense, not a detector) failed.
 4. ``inconclusive`` — a check needed for a clean verdict (``Check.needed_for_clean``) has status
-                     ``error`` or ``skipped`` (fail closed: what was not looked at is not clean).
+                     ``error`` or ``skipped``, or no check ran at all (fail closed: what was not
+                     looked at is not clean).
 5. ``clean``       — otherwise.
 
 Errors or skips of checks *not* needed for clean do not change the verdict; they are still in
@@ -103,6 +104,8 @@ def decide_verdict(
         return VerdictDecision("suspicious", reasons)
     if inconclusive:
         return VerdictDecision("inconclusive", reasons)
+    if not results:  # nothing examined the model: never call that clean
+        return VerdictDecision("inconclusive", ["no check ran"])
     return VerdictDecision("clean", ["every check needed for a clean verdict passed"])
 
 

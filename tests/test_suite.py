@@ -239,6 +239,8 @@ def test_unknown_check_name_is_a_config_error(register: Register, tiny: Generato
     register(Passing)
     with pytest.raises(ScanConfigError, match="static.zz_test_pas"):
         scan(tiny, tmp_path, only=["static.zz_test_pas"])
+    with pytest.raises(ScanConfigError, match="empty"):
+        scan(tiny, tmp_path, only=[])
     with pytest.raises(ScanConfigError, match="profile"):
         open_scan_generator(tiny, targets=[], config=ScanConfig(profile="huge"), artifacts_dir=tmp_path)  # type: ignore[arg-type]
 
@@ -370,7 +372,7 @@ NOT_NEEDED = {"sanitization.distillation", "static.capacity"}
     ("results", "load_error", "expected"),
     [
         ([r("static.a", "pass"), r("ob_oi.b", "pass")], None, "clean"),
-        ([], None, "clean"),
+        ([], None, "inconclusive"),
         ([r("format.pickle_scan", "fail"), r("static.a", "skipped")], None, "rejected"),
         ([r("format.detection", "pass")], "rejected: pickle", "rejected"),
         ([r("format.detection", "fail"), r("ob_oi.b", "fail")], None, "rejected"),
