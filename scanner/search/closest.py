@@ -111,9 +111,9 @@ def closest_blocks(
     block_stop = len(sizes) if block_stop is None else min(block_stop, len(sizes))
     device = generator.device
     n_targets = targets.shape[0]
-    queries = torch.cat([targets.reshape(n_targets, -1), references.reshape(references.shape[0], -1)]).to(
-        device, torch.float32
-    )
+    numel = generator.output.numel
+    queries = torch.cat([targets.reshape(n_targets, numel), references.reshape(references.shape[0], numel)])
+    queries = queries.to(device, torch.float32)
     q_sq = (queries**2).sum(1)  # ||b||², once
     n_queries = queries.shape[0]
     latent_shape = generator.latent.shape
