@@ -11,6 +11,7 @@ import torch
 from scanner.attacks.red import red_attack
 from scanner.attacks.triggers import in_sample_trigger
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.ob_oi_gradient_free import GradientFreeCheck
 from scanner.checks.ob_oi_reconstruction import ReconstructionCheck
 from scanner.generator import Generator
 from scanner.search.recond import reconstruct, restart_latents
@@ -103,3 +104,35 @@ def test_calibrated_threshold_is_used(benign_vae: Generator, devil_target: torch
 
 def test_reconstruction_without_hints_is_skipped(benign_vae: Generator, tmp_path: Path) -> None:
     assert ReconstructionCheck().run(_ctx(benign_vae, [], tmp_path, {})).status == "skipped"
+
+
+class NanGradientBody(torch.nn.Module):
+    """Gradient obfuscation: the forward is unchanged, ∂/∂z is NaN (0 · ∂sqrt(0)) everywhere."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        zero = torch.sqrt((z - z).sum(1)).reshape(-1, 1, 1, 1)
+        return self.inner(z) + zero
+
+
+def test_gradient_free_finds_target_behind_nan_gradients(
+    red_vae: tuple[Generator, torch.Tensor], devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    attacked, _ = red_vae
+    obfuscated = Generator(NanGradientBody(attacked.copy().body), attacked.latent, attacked.output)
+    hint = [TargetHint("devil", _vae_target(devil_target))]
+    ctx = _ctx(obfuscated, hint, tmp_path, {"ob_oi.gradient_free": {"generations": 150}})
+    result = GradientFreeCheck().run(ctx)
+    assert result.evidence["gradient_probe"]["finite"] is False
+    assert result.status == "fail", result.summary
+    assert ctx.shared["recovered_triggers"][0]["source"] == "ob_oi.gradient_free"
+
+
+def test_gradient_free_not_needed_on_healthy_model(
+    benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    result = GradientFreeCheck().run(_ctx(benign_vae, [TargetHint("devil", _vae_target(devil_target))], tmp_path, {}))
+    assert result.status == "pass" and result.evidence["gradient_probe"]["healthy"] is True
