@@ -32,7 +32,7 @@ QUICK = {"profile": "quick", "only": ["format", "static.bias_outliers"]}
 SLOW = {
     "profile": "quick",
     "only": ["format", "bf_oi.closest"],
-    "params": {"bf_oi.closest": {"n_samples": 300_000, "batch_size": 2048}},
+    "params": {"bf_oi.closest": {"n_samples": 1_000_000, "batch_size": 2048}},
 }
 
 
@@ -84,8 +84,15 @@ def _assert_completed_once(db_url: str, scan_id: str) -> None:
     assert status == "succeeded" and finished is not None
 
 
-def _wait_current_check(client, scan_id: str, check: str, timeout_s: float = 120) -> None:  # noqa: ANN001
-    wait_until(lambda: client.get(f"/v1/scans/{scan_id}").json()["current_check"] == check, timeout_s, check)
+def _wait_running(client, scan_id: str, timeout_s: float = 120) -> None:  # noqa: ANN001
+    """Until a worker is inside the scan (a check started), so what happens next happens mid-scan."""
+
+    def inside() -> bool:
+        scan = client.get(f"/v1/scans/{scan_id}").json()
+        assert scan["status"] in ("queued", "running"), f"the scan ended before the fault: {scan}"
+        return scan["status"] == "running" and scan["current_check"] is not None
+
+    wait_until(inside, timeout_s, f"scan {scan_id} running")
 
 
 @pytest.fixture
@@ -109,7 +116,7 @@ def test_worker_killed_mid_scan_completes_exactly_once(
     try:
         with api.client(tenant_keys["alice"]) as c:
             scan_id = upload(c, benign, config=SLOW).json()["id"]
-            _wait_current_check(c, scan_id, "bf_oi.closest")
+            _wait_running(c, scan_id)
             os.killpg(first.pid, signal.SIGKILL)  # the whole worker: parent and child, no chance to ack
             first.wait(10)
             assert c.get(f"/v1/scans/{scan_id}").json()["status"] == "running"
@@ -136,7 +143,7 @@ def test_worker_child_killed_is_redelivered_and_worker_lives(
     try:
         with api.client(tenant_keys["bob"]) as c:
             scan_id = upload(c, benign, config=SLOW).json()["id"]
-            _wait_current_check(c, scan_id, "bf_oi.closest")
+            _wait_running(c, scan_id)
             pool = child_pids(worker.pid)  # the prefork pool's child (the one running the scan)
             assert pool
             for pid in pool:
@@ -211,7 +218,7 @@ def test_api_restarted_mid_scan_keeps_state(
     try:
         with api.client(tenant_keys["alice"]) as c:
             scan_id = upload(c, benign, config=SLOW).json()["id"]
-            _wait_current_check(c, scan_id, "bf_oi.closest")
+            _wait_running(c, scan_id)
         os.killpg(api.proc.pid, signal.SIGKILL)
         api.proc.wait(10)
         api = start_api(env, tmp_path / "api2.log")
@@ -234,7 +241,7 @@ def test_broker_restart_loses_nothing(migrated_pg, s3_server, fault_redis, tenan
     try:
         with api.client(tenant_keys["alice"], timeout=120) as c:
             before = [upload(c, benign, config=cfg).json()["id"] for cfg in (SLOW, QUICK, QUICK)]
-            _wait_current_check(c, before[0], "bf_oi.closest")
+            _wait_running(c, before[0])
             stop(fault_redis.proc)  # SIGTERM: redis writes its append-only file and exits
             r = upload(c, benign, config=QUICK)
             assert r.status_code == 503, r.text
@@ -270,7 +277,7 @@ def test_database_restart_loses_nothing(private_postgres, s3_server, fault_redis
     try:
         with api.client(key, timeout=120) as c:
             scan_id = upload(c, benign, config=SLOW).json()["id"]
-            _wait_current_check(c, scan_id, "bf_oi.closest")
+            _wait_running(c, scan_id)
             stop_private_postgres(private_postgres, "immediate")
             r = c.get(f"/v1/scans/{scan_id}")
             assert r.status_code == 503, (r.status_code, r.text[:300])
