@@ -11,6 +11,7 @@ import torch
 from scanner.attacks.red import red_attack
 from scanner.attacks.triggers import in_sample_trigger
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.ob_oi_divergence import DivergenceCheck
 from scanner.checks.ob_oi_gradient_free import GradientFreeCheck
 from scanner.checks.ob_oi_reconstruction import ReconstructionCheck
 from scanner.generator import Generator
@@ -136,3 +137,32 @@ def test_gradient_free_not_needed_on_healthy_model(
 ) -> None:
     result = GradientFreeCheck().run(_ctx(benign_vae, [TargetHint("devil", _vae_target(devil_target))], tmp_path, {}))
     assert result.status == "pass" and result.evidence["gradient_probe"]["healthy"] is True
+
+
+def test_divergence_finds_red_trigger_against_clean_copy(
+    red_vae: tuple[Generator, torch.Tensor], benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    """With the benign model as the (ideal) sanitized copy, the ReD trigger region is where they diverge."""
+    attacked, _ = red_vae
+    ctx = _ctx(attacked, [TargetHint("devil", _vae_target(devil_target))], tmp_path, {})
+    ctx.shared["sanitization.model"] = benign_vae
+    result = DivergenceCheck().run(ctx)
+    print(result.summary, result.evidence["hint_matches"])
+    assert result.status == "fail", result.summary
+    assert result.evidence["hint_matches"][0]["hit"] is True
+
+
+def test_divergence_benign_passes(benign_vae: Generator, tmp_path: Path) -> None:
+    ctx = _ctx(benign_vae, [], tmp_path, {})
+    sanitized = benign_vae.copy()
+    with torch.no_grad():  # a sanitized copy differs a little everywhere
+        for p in sanitized.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    ctx.shared["sanitization.model"] = sanitized
+    result = DivergenceCheck().run(ctx)
+    print(result.summary)
+    assert result.status == "pass", result.summary
+
+
+def test_divergence_without_sanitized_model_is_skipped(benign_vae: Generator, tmp_path: Path) -> None:
+    assert DivergenceCheck().run(_ctx(benign_vae, [], tmp_path, {})).status == "skipped"
