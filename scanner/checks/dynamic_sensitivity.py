@@ -19,7 +19,7 @@ for every layer (layers before a normalisation or a modulation can be far *below
 values are not compared across layers); κ above the hard bound means the output leans on a few
 weights in an unusual way. Input outliers use robust z-scores of log ρ with a Bonferroni
 threshold at α = 0.001; both ρ and κ also have a hard bound of 1e3 (a thousand times the
-reference). The check only warns.
+reference), and a median ρ above 1e2 means G is rough everywhere. The check only warns.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register
 from scanner.checks.static_bias_outliers import bonferroni_threshold, robust_z
 
 HARD_BOUND = 1e3
+# a generator whose *typical* local slope is 100× its global rate of change is rough everywhere
+# (ripples, hidden high-frequency paths); smooth generators sit near the linear reference 1
+GLOBAL_BOUND = 1e2
 
 
 @register_check
@@ -111,8 +114,11 @@ class SensitivityCheck(Check):
             "weight_outlier_layers": layer_outliers,
             "hard_bound": HARD_BOUND,
         }
-        if steep or layer_outliers:
-            parts = ([f"{steep} latent(s) where G is locally steep"] if steep else []) + (
+        rough = float(np.median(rho)) > GLOBAL_BOUND
+        evidence["global_bound"] = GLOBAL_BOUND
+        if steep or layer_outliers or rough:
+            parts = [f"G is rough everywhere (median ratio {np.median(rho):.0f})"] if rough else []
+            parts += ([f"{steep} latent(s) where G is locally steep"] if steep else []) + (
                 [f"layer(s) with outlying weight sensitivity: {layer_outliers[:5]}"] if layer_outliers else []
             )
             status, summary = "warn", "; ".join(parts)
