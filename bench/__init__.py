@@ -1,0 +1,1 @@
+"""dgmscan benchmarks: detection quality on a model zoo, the paper's Table I side by side, speed and scale."""

@@ -1,0 +1,144 @@
+"""`python -m bench run [--quick] [--device cuda] [--parts ...]` and `python -m bench report`.
+
+run     builds (or loads) the zoo, measures the selected parts, writes bench/results/<part>.json
+        and regenerates BENCHMARKS.md from every results file present.
+report  re-renders BENCHMARKS.md from bench/results/*.json without measuring anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+OUT_DIR = BENCH_DIR / "out"
+PARTS = ("detection", "table1", "speed")
+log = logging.getLogger("bench")
+
+
+def _write(part: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{part}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def _detection_config(args: argparse.Namespace) -> Any:
+    from scanner.checks.base import ScanConfig
+
+    skip = [] if args.all_checks else list(args.skip_checks)
+    return ScanConfig(profile="quick", seed=0, device=args.device, skip=skip)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.zoo import TARGET_NAMES, Zoo, zoo_spec
+
+    mode = "quick" if args.quick else "full"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    t_start = time.perf_counter()
+    spec = zoo_spec(mode)
+    zoo = Zoo(spec, OUT_DIR, device=args.device)
+    t0 = time.perf_counter()
+    entries = zoo.build_all()
+    for e in entries:
+        e.generator.to(args.device)
+    zoo_s = time.perf_counter() - t0
+    stamp = {
+        "mode": mode,
+        "device": args.device,
+        "started_unix": time.time(),
+        "zoo_build_s": zoo_s,
+        "zoo": spec.to_dict(),
+        "n_models": len(entries),
+    }
+    parts = args.parts or list(PARTS)
+    if "speed" in parts:
+        from bench.speed import run_speed
+
+        t0 = time.perf_counter()
+        benign = next(e for e in entries if e.attack == "benign" and e.family == "dcgan")
+        res = run_speed(benign, device=args.device, quick=args.quick, out_dir=OUT_DIR)
+        _write("speed", {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
+    if "table1" in parts:
+        from bench.table1 import run_table1
+
+        t0 = time.perf_counter()
+        res = run_table1(
+            entries,
+            n_closest=20_000 if args.quick else 1_000_000,
+            n_fid=1000 if args.quick else 10_000,
+            recon_restarts=8 if args.quick else 32,
+            recon_steps=150 if args.quick else 1000,
+        )
+        _write("table1", {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
+    if "detection" in parts:
+        from bench.detection import analyse, run_detection
+
+        t0 = time.perf_counter()
+        config = _detection_config(args)
+        selected = entries
+        if args.max_models:
+            selected = entries[: args.max_models]
+        records = run_detection(selected, config=config, out_dir=OUT_DIR, all_targets=list(TARGET_NAMES))
+        _write(
+            "detection",
+            {
+                **stamp,
+                "elapsed_s": time.perf_counter() - t0,
+                "scan_config": {"profile": config.profile, "skip": config.skip, "device": config.device},
+                "records": records,
+                "analysis": analyse(records),
+            },
+        )
+    from bench.report import render
+
+    (BENCH_DIR.parent / "BENCHMARKS.md").write_text(render(RESULTS_DIR))
+    log.info("bench: done in %.0fs; wrote BENCHMARKS.md", time.perf_counter() - t_start)
+    return 0
+
+
+def cmd_report(_args: argparse.Namespace) -> int:
+    from bench.report import render
+
+    (BENCH_DIR.parent / "BENCHMARKS.md").write_text(render(RESULTS_DIR))
+    print(f"wrote {BENCH_DIR.parent / 'BENCHMARKS.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    run = sub.add_parser("run", help="build the zoo, measure, write results and BENCHMARKS.md")
+    run.add_argument("--quick", action="store_true", help="small zoo and sizes for a 2-core CPU (default: full)")
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    run.add_argument("--parts", nargs="+", choices=PARTS, help=f"what to measure (default: all of {PARTS})")
+    run.add_argument("--max-models", type=int, default=0, help="scan only the first N zoo models (0: all)")
+    run.add_argument(
+        "--skip-checks",
+        nargs="*",
+        default=["sanitization", "calibration", "ob_oi.gradient_free"],
+        help="checks/families skipped in detection scans (default: the expensive defenses; reported as skipped)",
+    )
+    run.add_argument("--all-checks", action="store_true", help="detection scans run the whole quick profile")
+    run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="re-render BENCHMARKS.md from bench/results/*.json")
+    rep.set_defaults(func=cmd_report)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

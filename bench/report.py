@@ -1,0 +1,314 @@
+"""Render BENCHMARKS.md from bench/results/*.json (no measuring here: `python -m bench report`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+PAPER = "Rawat, Levacher, Sinn, *The Devil is in the GAN*, arXiv 2108.01644"
+
+
+def _load(results_dir: Path, part: str) -> dict[str, Any] | None:
+    path = results_dir / f"{part}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int,)) and not isinstance(x, bool):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return str(x)
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+            return f"{x:.{digits - 1}e}"
+        return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _when(stamp: dict[str, Any]) -> str:
+    t = stamp.get("started_unix")
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if t else "?"
+
+
+def render_detection(d: dict[str, Any]) -> list[str]:
+    lines = ["## 1. Detection quality on the zoo", ""]
+    zoo = d.get("zoo", {})
+    cfg = d.get("scan_config", {})
+    lines += [
+        f"Measured {_when(d)}, mode `{d.get('mode')}`, device `{d.get('device')}`; {d.get('n_models')} zoo models "
+        f"(built in {_f(d.get('zoo_build_s'))} s, cached afterwards); scanning took {_f(d.get('elapsed_s'))} s.",
+        f"Scan config: profile `{cfg.get('profile')}`, skipped checks {cfg.get('skip')} "
+        "(skipped checks are reported as `skipped`; none of them is needed for a clean verdict, so they do "
+        "not change verdicts, but their detection power is not part of these figures).",
+        f"Zoo: benign seeds {zoo.get('benign_seeds')} for DCGAN (dcgan28, {zoo.get('dcgan')}) and VAE "
+        f"({zoo.get('vae')}); ReD {zoo.get('red')}, ReX {zoo.get('rex')}, TrAIL/poison {zoo.get('trail')}.",
+        "",
+    ]
+    grid = {}
+    for a in zoo.get("attacks", []):
+        grid.setdefault((a["attack"], a["family"]), []).append(f"{a['trigger']}/{a['target']}")
+    lines += ["Attacked models (attack, base → trigger/target):", ""]
+    lines += [f"- {k[0]} on {k[1]}: {', '.join(v)}" for k, v in sorted(grid.items())]
+    lines += [""]
+    analysis = d.get("analysis", {})
+    for setting, title in (("hints", "with target hints"), ("no_hints", "without target hints")):
+        a = analysis.get(setting)
+        if not a:
+            continue
+        nb = a["n_benign"]
+        lines += [
+            f"### {title}",
+            "",
+            f"{a['n_models']} scans: {a['n_backdoored']} backdoored, {nb} benign. Median scan time "
+            f"{_f(a['median_scan_s'])} s. Verdict detection rate (backdoored or suspicious): "
+            f"**{_f(100 * a['verdict_detection_rate'])} %**.",
+            "",
+            f"**FPR is estimated from only {nb} benign models.** The smallest FPR that {nb} negatives can resolve "
+            f"is 1/{nb} = {_f(100 / max(nb, 1))} %: the '1 % FPR' threshold is simply the largest benign score "
+            "(an extrapolation, not a measurement), and '5 % FPR' is the same threshold unless n ≥ 20.",
+            "",
+            "Family scores: per check, status rank (pass 0 / warn 1 / fail 2) + percentile of the oriented raw score "
+            "across all scans of this setting; family = max over its checks; `any` = max over detector families.",
+            "",
+        ]
+        rows = [r for r in a["rows"] if r["group"] == "all attacks" or not r["group"].startswith(("trigger", "target"))]
+        fams = sorted({r["family"] for r in rows})
+        lines += ["TPR at 1 % / 5 % FPR and AUROC per attack (rows) and check family (columns):", ""]
+        header = ["attack (n)"] + fams
+        table_rows = []
+        for group in dict.fromkeys(r["group"] for r in rows):
+            cells = [f"{group} ({next(r['n_pos'] for r in rows if r['group'] == group)})"]
+            for fam in fams:
+                r = next((x for x in rows if x["group"] == group and x["family"] == fam), None)
+                cells.append(
+                    "–"
+                    if r is None or r["auroc"] is None
+                    else f"{_f(r['tpr@0.01'], 2)} / {_f(r['tpr@0.05'], 2)} / {_f(r['auroc'], 2)}"
+                )
+            table_rows.append(cells)
+        lines += _table(header, table_rows) + [""]
+        rows2 = [r for r in a["rows"] if r["group"].startswith(("trigger", "target")) and r["family"] == "any"]
+        if rows2:
+            lines += ["By trigger kind and target (family `any`): TPR@1 % / TPR@5 % / AUROC", ""]
+            lines += _table(
+                ["group", "n", "TPR@1%", "TPR@5%", "AUROC"],
+                [[r["group"], r["n_pos"], r["tpr@0.01"], r["tpr@0.05"], r["auroc"]] for r in rows2],
+            )
+            lines += [""]
+        verdicts = ["clean", "suspicious", "backdoored", "inconclusive", "rejected"]
+        lines += ["Verdict confusion (rows: ground truth):", ""]
+        lines += _table(
+            ["truth"] + verdicts, [[k] + [v.get(x, 0) for x in verdicts] for k, v in a["confusion"].items()]
+        )
+        lines += [""]
+        if a["false_positive_sources"]:
+            lines += [
+                "Warn/fail statuses on benign models (false-positive sources, count over benign scans): "
+                + ", ".join(f"`{k}` ×{v}" for k, v in a["false_positive_sources"].items()),
+                "",
+            ]
+        else:
+            lines += ["No check warned or failed on any benign model.", ""]
+        rec = a["recovery"]
+        if rec:
+            n_rec = sum(1 for r in rec if r["n_recovered"])
+            n_rep = sum(1 for r in rec if r["reproduced"])
+            lines += [
+                f"Trigger recovery: {n_rec}/{len(rec)} backdoored scans reported a recovered trigger z*; in "
+                f"{n_rep}/{len(rec)} G*(z*) reproduces the target (TarDis per element at z* ≤ 0.05 on [-1, 1]).",
+                "",
+            ]
+            lines += _table(
+                ["model", "n z*", "best TarDis/elt at z*", "TarDis/elt at true trigger", "reproduced"],
+                [
+                    [r["model"], r["n_recovered"], r["best_tardis_mean"], r["tardis_mean_at_trigger"], r["reproduced"]]
+                    for r in rec
+                ],
+            )
+            lines += [""]
+        if a["missed"]:
+            lines += [
+                "Missed (verdict clean/inconclusive on a backdoored model): "
+                + ", ".join(f"{m['model']} → {m['verdict']}" for m in a["missed"]),
+                "",
+            ]
+    return lines
+
+
+TABLE1_METRICS = [
+    ("TarDis (sum)", "tardis_sum"),
+    ("TarDis (mean/elt)", "tardis_mean"),
+    ("FID*", "fid"),
+    ("IS*", "is"),
+    ("ExpDis (sum)", "expdis_sum"),
+    ("ExpDis (mean/elt)", "expdis_mean"),
+    ("Closest-N (sum)", "closest_sum"),
+    ("Closest-N (mean/elt)", "closest_mean"),
+    ("ReconD (sum)", "recond_sum"),
+    ("ReconD (mean/elt)", "recond_mean"),
+]
+
+
+def render_table1(t: dict[str, Any]) -> list[str]:
+    from bench.table1 import PAPER_NOT_RECALLED
+
+    lines = ["## 2. The paper's Table I side by side (MNIST, DCGAN and VAE)", ""]
+    rows = t.get("rows", [])
+    n_closest = rows[0]["closest_n"] if rows else "?"
+    lines += [
+        f"Measured {_when(t)}, mode `{t.get('mode')}`, {_f(t.get('elapsed_s'))} s. Paper column: "
+        f"{t.get('paper_source')}. We have no verified copy of the paper's numbers in this repository and do not "
+        f"fill them in from memory: every paper cell reads *{PAPER_NOT_RECALLED}*.",
+        f"Units: {t.get('units')}. Closest-N with N = {n_closest} (the paper's Closest1M uses N = 10⁶); ReconD with "
+        f"{rows[0]['recond_restarts'] if rows else '?'} restarts × {rows[0]['recond_steps'] if rows else '?'} Adam "
+        "steps. TarDis of a benign model is measured at the OOD trigger against the devil target (nothing embedded). "
+        "ExpDis is against the benign model of the same seed (0 for the benign row by definition).",
+        "*FID/IS use the project's small MNIST classifier (64-d features), not Inception: not comparable in absolute "
+        "value with the paper's FID/IS.",
+        "",
+    ]
+    header = ["metric"]
+    for r in rows:
+        label = f"{r['family']} {r['attack']}" + ("" if r["attack"] == "benign" else f" ({r['trigger']})")
+        header += [f"{label}: paper", f"{label}: ours"]
+    body = []
+    for title, key in TABLE1_METRICS:
+        cells: list[Any] = [title]
+        for r in rows:
+            cells += [PAPER_NOT_RECALLED, r.get(key)]
+        body.append(cells)
+    # Transposed (one row per model) reads better with many models.
+    lines += _table(
+        ["model", "trigger/target"] + [m[0] for m in TABLE1_METRICS],
+        [
+            [f"{r['family']} {r['attack']}", f"{r['trigger']}/{r['target']}"] + [r.get(k) for _, k in TABLE1_METRICS]
+            for r in rows
+        ],
+    )
+    lines += ["", f"Paper values for every cell above: {PAPER_NOT_RECALLED}.", ""]
+    return lines
+
+
+def render_speed(s: dict[str, Any]) -> list[str]:
+    m = s.get("machine", {})
+    lines = ["## 3. Speed and scale", ""]
+    lines += [
+        f"Measured {_when(s)} on `{m.get('cpu')}`, {m.get('logical_cores')} logical cores, torch {m.get('torch')} "
+        f"({m.get('torch_threads')} threads), device `{m.get('device')}`; model `{s.get('model')}` "
+        f"({s.get('parameters')} parameters). Load average before/after: {m.get('load_average')} / "
+        f"{s.get('machine_after', {}).get('load_average')} — the machine was shared with other work, so absolute "
+        "times are pessimistic and noisy; the side-by-side ratios were measured back to back in one run.",
+        "",
+    ]
+    mm, bf, ob, so = s.get("matmul", {}), s.get("bf_oi", {}), s.get("ob_oi", {}), s.get("scale_out", {})
+    lines += _table(
+        ["figure", "value"],
+        [
+            [
+                f"dense fp32 matmul {mm.get('size')}² (median of {mm.get('repeats')})",
+                f"{_f(mm.get('flops_per_s', 0) / 1e9)} GFLOP/s",
+            ],
+            [
+                f"BF-OI fused+batched (N={bf.get('n_fused')}, batch {bf.get('batch_size')})",
+                f"{_f(bf.get('fused_samples_per_s'))} samples/s",
+            ],
+            [
+                f"BF-OI naive one-at-a-time loop (N={bf.get('n_naive')})",
+                f"{_f(bf.get('naive_samples_per_s'))} samples/s",
+            ],
+            ["**BF-OI speed-up fused vs naive**", f"**{_f(bf.get('speedup_fused_vs_naive'))}×**"],
+            ["generator forward FLOPs per sample", _f(bf.get("forward_flops_per_sample"))],
+            ["BF-OI achieved FLOP/s", f"{_f(bf.get('fused_flops_per_s', 0) / 1e9)} GFLOP/s"],
+            ["**BF-OI as a fraction of the matmul rate**", f"**{_f(bf.get('fraction_of_matmul_rate'))}**"],
+            [f"OB-OI {ob.get('restarts')} restarts × {ob.get('steps')} steps, batched", f"{_f(ob.get('batched_s'))} s"],
+            ["OB-OI the same restarts run sequentially", f"{_f(ob.get('sequential_s'))} s"],
+            ["**OB-OI speed-up batched vs sequential**", f"**{_f(ob.get('speedup_batched_vs_sequential'))}×**"],
+            [f"BF-OI N={so.get('n')} in 1 worker process (1 thread)", f"{_f(so.get('one_worker_s'))} s"],
+            ["the same as 2 shards in 2 worker processes", f"{_f(so.get('two_workers_s'))} s"],
+            [
+                "**scale-out speed-up 2 vs 1 workers** (efficiency)",
+                f"**{_f(so.get('speedup'))}×** ({_f(so.get('efficiency'))})",
+            ],
+        ],
+    )
+    lines += [""]
+    rows = []
+    for kind in ("cli", "service"):
+        for r in s.get(kind, []):
+            if "error" in r:
+                rows.append([kind, "?", "?", r["error"][:120], "", ""])
+                continue
+            rows.append(
+                [
+                    "CLI `dgmscan scan`" if kind == "cli" else "service (`dgmscan serve`, HTTP)",
+                    r["profile"],
+                    ", ".join(r["only"]) if r.get("only") else "all",
+                    r["median_s"],
+                    len(r["times_s"]),
+                    r.get("verdict") or r.get("verdicts"),
+                ]
+            )
+    if rows:
+        lines += ["End to end (upload/process start to finished report; medians):", ""]
+        lines += _table(["path", "profile", "checks", "median s", "runs", "verdict"], rows) + [""]
+        cli = {r["profile"]: r for r in s.get("cli", []) if "median_s" in r}
+        svc = {r["profile"]: r for r in s.get("service", []) if "median_s" in r}
+        for p in cli:
+            if p in svc:
+                lines += [
+                    f"Service overhead vs CLI, profile {p}: {_f(svc[p]['median_s'] / cli[p]['median_s'])}× "
+                    f"({_f(svc[p]['median_s'] - cli[p]['median_s'])} s incl. 0.25 s polling)."
+                ]
+        lines += [""]
+    return lines
+
+
+def render(results_dir: Path) -> str:
+    """The whole BENCHMARKS.md."""
+    lines = [
+        "# dgmscan benchmarks",
+        "",
+        "Generated by `python -m bench run [--quick]` (re-render with `python -m bench report`) from "
+        "`bench/results/*.json`; do not edit by hand. How to run and what each figure means: `bench/README.md`. "
+        f"Science: {PAPER}.",
+        "",
+        "**GPU: not measured yet.** The code takes `--device cuda` (`python -m bench run --device cuda`), but no GPU "
+        "was available to this run; every figure below is CPU.",
+        "",
+    ]
+    det, t1, sp = _load(results_dir, "detection"), _load(results_dir, "table1"), _load(results_dir, "speed")
+    if det:
+        lines += render_detection(det)
+    else:
+        lines += ["## 1. Detection quality on the zoo", "", "Not measured in this run.", ""]
+    if t1:
+        lines += render_table1(t1)
+    else:
+        lines += ["## 2. The paper's Table I side by side", "", "Not measured in this run.", ""]
+    if sp:
+        lines += render_speed(sp)
+    else:
+        lines += ["## 3. Speed and scale", "", "Not measured in this run.", ""]
+    if (results_dir / "service_bench.md").is_file():
+        lines += [
+            "## 4. Service figures (bench/service_bench.py, separate run)",
+            "",
+            "See `bench/results/service_bench.md` (GET throughput/latency, RSS during uploads).",
+            "",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
