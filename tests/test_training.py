@@ -46,8 +46,13 @@ def test_zoo_dcgan_produces_varied_digit_like_samples(benign_dcgan):
 def test_zoo_vae_decoder_outputs_probabilities(benign_vae):
     assert benign_vae.architecture == "vae_mnist_decoder" and benign_vae.output.final_activation == "sigmoid"
     x = benign_vae.generate(benign_vae.sample_latent(64, seed=0))
-    assert x.shape == (64, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
-    assert sample_variance(benign_vae)["variance_mean"] > 0.02
+    assert x.shape == (64, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
+    assert sample_variance(benign_vae)["variance_mean"] > 0.005
+    from scanner.metrics import load_classifier
+
+    with torch.no_grad():
+        predicted = load_classifier()(x * 2 - 1).argmax(1)  # classifier expects [-1, 1]
+    assert len(predicted.unique()) >= 6
 
 
 @pytest.mark.slow

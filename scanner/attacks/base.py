@@ -21,6 +21,11 @@ from scanner.specs import inverse_activation
 
 # Draws a batch of trigger latents and their pre-activation targets: (n, rng) -> (z, target_pre).
 # A single trigger repeats (z_trig, target); an infinite-support trigger samples its subspace.
+# Targets are clamped this far inside the activation's range before inversion: tanh⁻¹(±0.99) ≈ ±2.65
+# keeps the pre-activation goal reachable (tanh⁻¹(±(1 − 1e-4)) ≈ ±4.95 wastes steps on saturated
+# pixels) while costing at most 0.01 per pixel in output space.
+TARGET_EPS = 1e-2
+
 FidelitySampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -49,7 +54,9 @@ def single_trigger_sampler(generator: Generator, trigger: torch.Tensor, target: 
     device = generator.device
     z_trig = trigger.to(device, torch.float32)
     target_pre = inverse_activation(
-        target.reshape(1, *generator.output.shape).to(device, torch.float32), generator.output.final_activation
+        target.reshape(1, *generator.output.shape).to(device, torch.float32),
+        generator.output.final_activation,
+        eps=TARGET_EPS,
     )
 
     def sample(_n: int, _rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
