@@ -76,7 +76,8 @@ def _read_bounded(path: Path, limits: LoadLimits) -> bytes:
                 f"{path.name}: {size} bytes, over LoadLimits.max_file_bytes={limits.max_file_bytes}"
             )
         with path.open("rb") as fh:
-            data = fh.read(limits.max_file_bytes + 1)
+            # read(n) allocates n bytes up front: ask for the file's size (+1 detects growth), not the limit
+            data = fh.read(min(size, limits.max_file_bytes) + 1)
     except OSError as exc:
         raise InvalidModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(data) > limits.max_file_bytes:
