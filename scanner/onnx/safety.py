@@ -316,7 +316,7 @@ def inspect_onnx(
         if size > max_bytes:
             raise InvalidModelError(f"{path.name}: {size} bytes, over the limit of {max_bytes} (max_bytes)")
         with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data = fh.read(min(size, max_bytes) + 1)  # read(n) allocates n bytes up front
     except OSError as exc:
         raise InvalidModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
