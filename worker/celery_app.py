@@ -52,6 +52,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=False,
         # a scan child that grew big (torch caches) is replaced now and then
         worker_max_tasks_per_child=50,
+        # a child that ended a task holding over half its memory limit (e.g. after a MemoryError whose
+        # traceback kept big tensors alive) is replaced, so the next scan starts with a clean heap
+        worker_max_memory_per_child=(settings.worker_memory_limit_mb * 1024 // 2) or None,
     )
     return app
 
