@@ -341,7 +341,7 @@ def run_scan_job(
             if isinstance(exc, SoftTimeLimitExceeded):
                 finish(db, scan_id, ScanStatus.failed, current_check=None, error="scan exceeded its time limit")
             elif _out_of_memory(exc):
-                log.warning("scan %s ran out of memory: %s", scan_id, exc)
+                log.warning("scan %s ran out of memory: %r", scan_id, exc, exc_info=True)
                 finish(db, scan_id, ScanStatus.failed, current_check=None, error=OUT_OF_MEMORY)
             else:
                 log.exception("scan %s failed", scan_id)
