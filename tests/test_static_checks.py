@@ -175,6 +175,11 @@ def test_zero_block_recovery_under_permutation() -> None:
     block = find_zero_block(np.abs(planted))
     assert block is not None and block.bits > 20
     assert set(block.rows) == set(rows) and set(block.cols) == set(cols)
+    # an attacker hiding the block under tiny noise (0.5% of the weight RMS) is still caught
+    camouflaged = planted.copy()
+    camouflaged[np.ix_(rows, cols)] = rng.normal(scale=0.005 * np.sqrt(np.mean(dense**2)), size=(40, 25))
+    block = find_zero_block(np.abs(camouflaged))
+    assert block is not None and block.bits > 20 and set(block.rows) == set(rows) and set(block.cols) == set(cols)
 
 
 def _rex_truth(benign: Generator, rex: Generator, perm_seed: int | None) -> dict[str, set[int]]:

@@ -62,8 +62,8 @@ class BiasOutliersCheck(Check):
             if layer.out_units < MIN_UNITS:
                 continue
             norms = layer.weight_matrix().detach().double().norm(dim=1).cpu().numpy()
-            with np.errstate(divide="ignore"):
-                series.append((layer.name, "log_weight_norm", np.log(norms)))
+            # a zero-norm (dead) unit among live ones is an extreme outlier; a layer of zeros has none
+            series.append((layer.name, "log_weight_norm", np.log(norms + 1e-30)))
             if layer.bias is not None:
                 series.append((layer.name, "bias", layer.bias.detach().double().cpu().numpy()))
         if not series:

@@ -91,6 +91,8 @@ def count_parallel_learned_paths(graph: DataflowGraph) -> tuple[float, list[str]
                 flow.add_edge((nid, "out"), (succ, "in"))
     if source not in flow or sink not in flow:
         return 0.0, []
+    if not any(graph.nodes[n].kind == "op" and graph.is_parametric(graph.nodes[n], tainted) for n in relevant):
+        return 1.0, []  # no learned layer at all: one (trivial) path, nothing runs in parallel to it
     try:
         value, (reachable, _) = nx.minimum_cut(flow, source, sink)
     except nx.NetworkXUnbounded:
