@@ -23,6 +23,7 @@ written), reported separately and excluded from the block search (pruned benign 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,10 @@ from scipy import stats
 
 from scanner.generator import LayerInfo
 
-DEFAULT_REL_EPS = 0.02  # near zero: |w| ≤ 2% of the layer RMS (≈1.6% of Gaussian weights)
+# Near zero: |w| ≤ rel_eps × the layer RMS. Several thresholds are tried (the best block wins, with
+# a Bonferroni charge of log2(len(grid)) bits), so a zero block hidden under small noise is still
+# found, while the scan statistic prices in the higher base rate of larger thresholds.
+DEFAULT_REL_EPS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
 DEFAULT_TOL = 0.02  # a block may contain up to 2% entries above the near-zero threshold
 DEFAULT_MIN_BITS = 20.0  # ≈ p < 1e-6 after Bonferroni over all row/column subsets
 
@@ -45,11 +49,12 @@ class ZeroBlock:
     base_rate: float  # near-zero rate outside the block
     zero_fraction: float  # near-zero fraction inside the block
     energy_fraction: float  # ||W[rows, cols]||² / ||W||²
+    rel_eps: float  # the near-zero threshold (× layer RMS) the block was found at
     dead_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     dead_cols: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
 
 
-def near_zero_mask(w_abs: np.ndarray, rel_eps: float = DEFAULT_REL_EPS) -> np.ndarray:
+def near_zero_mask(w_abs: np.ndarray, rel_eps: float) -> np.ndarray:
     """Entries at most rel_eps × RMS(W). The RMS is dominated by the non-zero entries, so a large
     zero block does not drag the threshold down the way a median would."""
     rms = float(np.sqrt(np.mean(np.square(w_abs, dtype=np.float64)))) if w_abs.size else 0.0
@@ -126,15 +131,33 @@ def _block_bits(z: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[floa
 
 
 def find_zero_block(
-    w_abs: np.ndarray, *, rel_eps: float = DEFAULT_REL_EPS, tol: float = DEFAULT_TOL
+    w_abs: np.ndarray, *, rel_eps: float | Sequence[float] = DEFAULT_REL_EPS, tol: float = DEFAULT_TOL
 ) -> ZeroBlock | None:
     """Largest significant near-zero rectangle of |W| (out × in) under any row/column permutation.
 
+    `rel_eps` is one near-zero threshold or a grid of them (relative to the layer RMS); with a
+    grid the best block wins and its bits are charged log2(len(grid)) for the extra tests.
     Returns None when the matrix is too small or no candidate leaves both groups non-empty.
     """
     if w_abs.ndim != 2 or min(w_abs.shape) < 2:
         return None
-    w_abs = np.nan_to_num(np.abs(w_abs.astype(np.float64)), nan=0.0, posinf=0.0, neginf=0.0)
+    w_abs = np.abs(w_abs.astype(np.float64))
+    finite = np.isfinite(w_abs)
+    if not finite.all():  # NaN/Inf weights are certainly not "near zero": make them the largest
+        w_abs = np.where(finite, w_abs, float(w_abs[finite].max()) if finite.any() else 1.0)
+    grid = [float(rel_eps)] if isinstance(rel_eps, (int, float)) else [float(e) for e in rel_eps]
+    charge = math.log2(len(grid)) if grid else 0.0
+    best: ZeroBlock | None = None
+    for eps in grid:
+        block = _find_zero_block_at(w_abs, eps, tol)
+        if block is not None:
+            block.bits -= charge
+            if best is None or block.bits > best.bits:
+                best = block
+    return best
+
+
+def _find_zero_block_at(w_abs: np.ndarray, rel_eps: float, tol: float) -> ZeroBlock | None:
     z_full = near_zero_mask(w_abs, rel_eps)
     dead_rows = np.flatnonzero(z_full.all(axis=1))
     dead_cols = np.flatnonzero(z_full.all(axis=0))
@@ -168,7 +191,7 @@ def find_zero_block(
     r, c = live_rows[rows], live_cols[cols]
     total = float(np.square(w_abs).sum())
     energy = float(np.square(w_abs[np.ix_(r, c)]).sum()) / total if total > 0 else 0.0
-    return ZeroBlock(r, c, bits, p0, frac, energy, dead_rows, dead_cols)
+    return ZeroBlock(r, c, bits, p0, frac, energy, rel_eps, dead_rows, dead_cols)
 
 
 def layer_abs_matrix(layer: LayerInfo) -> np.ndarray:

@@ -50,7 +50,7 @@ MAX_LISTED_UNITS = 4096  # keep evidence JSON bounded; shared state keeps everyt
 class BlockSparsityCheck(Check):
     name = "static.block_sparsity"
     description = "Zero off-diagonal blocks in weight matrices under any unit permutation (ReX expansion)"
-    _params = {"rel_eps": DEFAULT_REL_EPS, "tol": DEFAULT_TOL, "min_bits": DEFAULT_MIN_BITS}
+    _params = {"rel_eps": list(DEFAULT_REL_EPS), "tol": DEFAULT_TOL, "min_bits": DEFAULT_MIN_BITS}
     defaults = {"quick": dict(_params), "standard": dict(_params), "full": dict(_params)}
 
     def run(self, ctx: ScanContext) -> CheckResult:
@@ -81,6 +81,7 @@ class BlockSparsityCheck(Check):
                 rows=int(block.rows.size),
                 cols=int(block.cols.size),
                 base_rate=block.base_rate,
+                near_zero_threshold_rel_rms=block.rel_eps,
                 zero_fraction_in_block=block.zero_fraction,
                 cross_energy_fraction=block.energy_fraction,
                 dead_out_units=block.dead_rows[:MAX_LISTED_UNITS],
