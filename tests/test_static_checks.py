@@ -253,3 +253,20 @@ def test_capacity_warns_on_oversized_model(tmp_path: Path) -> None:
 def test_checks_skip_without_a_model(tmp_path: Path) -> None:
     for check_cls in STATIC_CHECKS:
         assert check_cls().run(make_ctx(None, tmp_path)).status == "skipped"
+
+
+def test_rex_zero_block_camouflaged_by_noise_is_still_found(zoo, tmp_path: Path) -> None:
+    """An attacker fills ReX's zero block with noise at 10% of each layer's weight RMS (this already
+    leaks the added units into the original ones); the threshold grid still recovers the block."""
+    from scanner.attacks.rex import permute_units
+
+    rex = permute_units(zoo.attacked("rex", "ood", seed=0).generator, seed=11)
+    noise_rng = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in rex.layers()[1:-1]:
+            zero = layer.weight == 0
+            rms = layer.weight.pow(2).mean().sqrt()
+            layer.weight[zero] = torch.randn(int(zero.sum()), generator=noise_rng) * 0.1 * rms
+    result, ctx = run_check(BlockSparsityCheck, rex, tmp_path)
+    assert result.status == "fail", result.summary
+    assert len(ctx.shared["static.block_partitions"]) == 2
