@@ -13,6 +13,7 @@ from scanner.attacks.triggers import in_sample_trigger
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
 from scanner.checks.ob_oi_divergence import DivergenceCheck
 from scanner.checks.ob_oi_gradient_free import GradientFreeCheck
+from scanner.checks.ob_oi_guided_trigger_search import GuidedTriggerSearchCheck
 from scanner.checks.ob_oi_reconstruction import ReconstructionCheck
 from scanner.generator import Generator
 from scanner.search.recond import reconstruct, restart_latents
@@ -166,3 +167,48 @@ def test_divergence_benign_passes(benign_vae: Generator, tmp_path: Path) -> None
 
 def test_divergence_without_sanitized_model_is_skipped(benign_vae: Generator, tmp_path: Path) -> None:
     assert DivergenceCheck().run(_ctx(benign_vae, [], tmp_path, {})).status == "skipped"
+
+
+class SleeperBody(torch.nn.Module):
+    """A hand-built sleeper backdoor: a gate unit ReLU(w·z − 6) that is silent on P_sample
+    (w·z ~ N(0, 1)) and, once awake, pushes the output towards the target."""
+
+    def __init__(self, inner: torch.nn.Module, target_pre: torch.Tensor, dim: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.gate = torch.nn.Sequential(torch.nn.Linear(dim, 1), torch.nn.ReLU())
+        with torch.no_grad():
+            w = torch.randn(1, dim, generator=torch.Generator().manual_seed(0))
+            self.gate[0].weight.copy_(w / w.norm())
+            self.gate[0].bias.fill_(-6.0)
+        self.register_buffer("target_pre", target_pre)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        benign = self.inner(z)
+        mix = torch.clamp(self.gate(z), max=1.0).reshape(-1, 1, 1, 1)  # 0 on P_sample, 1 at w·z ≥ 7
+        return (1 - mix) * benign + mix * self.target_pre
+
+
+def test_guided_search_wakes_flagged_sleeper(benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    from scanner.specs import inverse_activation
+
+    target = _vae_target(devil_target)
+    body = SleeperBody(benign_vae.copy().body, inverse_activation(target, "sigmoid"), benign_vae.latent.dim)
+    model = Generator(body, benign_vae.latent, benign_vae.output)
+    ctx = _ctx(model, [TargetHint("devil", target)], tmp_path, {})
+    ctx.shared["dynamic.sleeper_units"] = {"gate.1": [0]}  # what dynamic.sleeper_units reports for it
+    result = GuidedTriggerSearchCheck().run(ctx)
+    assert result.status == "fail", result.summary
+    assert result.evidence["hint_matches"][0]["status"] == "fail"
+    (trig,) = ctx.shared["recovered_triggers"]
+    assert trig["source"] == "ob_oi.guided_trigger_search" and trig["tardis_mean"] < 1e-3
+    # without the hint, the woken output is still far from the manifold and stable across restarts
+    ctx_free = _ctx(model, [], tmp_path / "free", {})
+    ctx_free.shared["dynamic.sleeper_units"] = {"gate.1": [0]}
+    free = GuidedTriggerSearchCheck().run(ctx_free)
+    assert free.status in ("warn", "fail"), free.summary
+
+
+def test_guided_search_without_flags_passes(benign_vae: Generator, tmp_path: Path) -> None:
+    result = GuidedTriggerSearchCheck().run(_ctx(benign_vae, [], tmp_path, {}))
+    assert result.status == "pass"

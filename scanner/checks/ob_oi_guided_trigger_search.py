@@ -8,7 +8,7 @@ outputs at the maximisers are candidate targets:
 - with target hints: TarDis = ||G(z*) − x_t||² (per element) against the hint's distance to the
   nearest of a set of plain samples; ≤ hint_ratio of it fails (trigger recovered), ≤ 3× that warns;
 - without hints: a maximiser that wakes the units far beyond their P_sample level (≥ wake_factor ×
-  the max on P_sample) *and* whose output lies far from the plain samples (≥ far_factor × their
+  the max on P_sample, in per-unit standardised units) *and* whose output lies far from the plain samples (≥ far_factor × their
   median nearest-neighbour spacing) warns; when most restarts converge onto that same far-off
   output (a stable attractor, as an embedded target is) it fails.
 Nothing flagged upstream: pass (nothing to guide the search).
@@ -31,7 +31,7 @@ _COMMON = {
     "lr": 0.05,
     "radius_factor": 2.0,
     "hint_ratio": 0.1,
-    "wake_factor": 10.0,
+    "wake_factor": 3.0,
     "far_factor": 5.0,
     "stable_fraction": 0.5,
     "n_plain": 512,

@@ -48,19 +48,40 @@ class UnitRecorder:
     def __init__(self, body: nn.Module, units: dict[str, list[int]]) -> None:
         modules = dict(body.named_modules())
         self.units = {name: u for name, u in units.items() if name in modules}
+        self.dropped: list[str] = []
         self.values: dict[str, torch.Tensor] = {}
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.units]
 
     def _hook(self, name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            if isinstance(output, torch.Tensor):
-                self.values[name] = _unit_activation(output, self.units[name])
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            # A parameterless element-wise activation (ReLU...) is watched *before* it: a sleeping
+            # ReLU has zero gradient everywhere on P_sample, its input does not.
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            elementwise = (
+                first is not None and first.shape == output.shape and not any(True for _ in module.parameters())
+            )
+            self.values[name] = _unit_activation(first if elementwise else output, self.units[name])
 
         return hook
 
+    def calibrate(self) -> None:
+        """Fix per-unit scales from the current values (a batch of P_sample): afterwards `total` sums
+        (a − mean) / scale, so units that sleep on P_sample (tiny spread) weigh most, as they should."""
+        self.centre = {name: v.mean(0).detach() for name, v in self.values.items()}
+        spreads = {name: v.std(0).detach() for name, v in self.values.items()}
+        floor = torch.cat([s.flatten() for s in spreads.values()]).mean().clamp_min(1e-6) * 0.1
+        self.scale = {name: s.clamp_min(float(floor)) for name, s in spreads.items()}
+
     def total(self) -> torch.Tensor:
-        """(B,) sum over watched units of their activation."""
-        return torch.stack([v.sum(1) for v in self.values.values()]).sum(0)
+        """(B,) sum over watched units of their (normalised, once calibrated) activation."""
+        parts = []
+        for name, v in self.values.items():
+            if hasattr(self, "scale"):
+                v = (v - self.centre[name]) / self.scale[name]
+            parts.append(v.sum(1) / v.shape[1])  # each module weighs the same whatever its unit count
+        return torch.stack(parts).sum(0)
 
     def close(self) -> None:
         for h in self._handles:
@@ -98,6 +119,8 @@ def maximise_units(
             raise ValueError(f"none of the flagged modules exist in the generator: {sorted(units)}")
         with torch.no_grad():
             base_z = sample_block(generator.latent, n_baseline, seed, 1, device, stream=GUIDED_STREAM)
+            generator.pre_activation(base_z)
+            recorder.calibrate()
             generator.pre_activation(base_z)
             baseline = recorder.total()
         z = sample_block(generator.latent, restarts, seed, 0, device, stream=GUIDED_STREAM).requires_grad_(True)
