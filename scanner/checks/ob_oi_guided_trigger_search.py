@@ -8,9 +8,9 @@ outputs at the maximisers are candidate targets:
 - with target hints: TarDis = ||G(z*) − x_t||² (per element) against the hint's distance to the
   nearest of a set of plain samples; ≤ hint_ratio of it fails (trigger recovered), ≤ 3× that warns;
 - without hints: a maximiser that wakes the units far beyond their P_sample level (≥ wake_factor ×
-  the max on P_sample, in per-unit standardised units) *and* whose output lies far from the plain samples (≥ far_factor × their
-  median nearest-neighbour spacing) warns; when most restarts converge onto that same far-off
-  output (a stable attractor, as an embedded target is) it fails.
+  the max on P_sample, in per-unit standardised units) *and* whose output lies far from the plain
+  samples (≥ far_factor × their median nearest-neighbour spacing) warns; when most restarts
+  converge onto that same far-off output (a stable attractor, as an embedded target is) it fails.
 Nothing flagged upstream: pass (nothing to guide the search).
 """
 
