@@ -10,6 +10,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,13 +74,10 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
     """initdb + pg_ctl on a free port, trust auth, sockets in the temporary directory."""
     import os
 
-    workdir = tmp_path_factory.mktemp("private-pg")
-    if os.geteuid() == 0:  # the cluster runs as `postgres`: it must own its directory (and reach it)
+    # not under pytest's basetemp: pytest keeps that 0700 (root-only), and the cluster runs as `postgres`
+    workdir = Path(tempfile.mkdtemp(prefix="dgmscan-private-pg-"))
+    if os.geteuid() == 0:
         shutil.chown(workdir, "postgres", "postgres")
-        for parent in workdir.parents:
-            if parent == Path("/"):
-                break
-            parent.chmod(parent.stat().st_mode | 0o011)
     port = free_port()
     initdb = [pg_bin("initdb"), "-D", str(workdir / "data"), "-A", "trust", "-U", "postgres", "--no-sync"]
     subprocess.run(as_pg_user(initdb), check=True, capture_output=True)
@@ -90,3 +88,4 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
     start_private_postgres(server)
     yield server
     stop_private_postgres(server, "fast")
+    shutil.rmtree(workdir, ignore_errors=True)

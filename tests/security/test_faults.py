@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sec_helpers import (
     PrivateServer,
+    TcpProxy,
     child_pids,
     start_private_postgres,
     start_private_redis,
@@ -189,9 +190,12 @@ def test_worker_child_over_memory_limit_fails_with_reason(
 def test_object_store_unreachable_upload_is_503_and_leaves_nothing(
     migrated_pg, s3_server, fault_redis, tenant_keys, benign, tmp_path: Path
 ) -> None:
-    dead = S3Server(f"127.0.0.1:{free_port()}", s3_server.access_key, s3_server.secret_key, s3_server.bucket)
-    env = fault_env(migrated_pg, fault_redis.url, dead, tmp_path / "var")
+    host, port = s3_server.endpoint.split(":")
+    proxy = TcpProxy(host, int(port))  # the API reaches S3 through this; closing it takes S3 away
+    via_proxy = S3Server(f"127.0.0.1:{proxy.port}", s3_server.access_key, s3_server.secret_key, s3_server.bucket)
+    env = fault_env(migrated_pg, fault_redis.url, via_proxy, tmp_path / "var")
     api = start_api(env, tmp_path / "api.log")
+    proxy.close()
     tid = _sql(migrated_pg, "SELECT id FROM tenants WHERE name = 'bob'")[0][0]
     before = _sql(migrated_pg, "SELECT count(*) FROM scans WHERE tenant_id = :t", t=tid)[0][0]
     objects_before = s3_server.keys(f"tenants/{tid}/")
