@@ -12,8 +12,8 @@ check measures it *for the model under scan*:
    scanner.search.controls, the other synthetic targets), reconstructed on the same attacked
    copy, so both kinds face the same model.
 3. ReconD of every control with the OB-OI optimiser (scanner.search.recond.reconstruct, the same
-   batched-restart Adam the ob_oi.reconstruction check runs), then a threshold between them:
-   the geometric mean of the largest positive and the smallest negative ReconD when they
+   batched-restart Adam with the same restarts/steps/lr per profile as ob_oi.reconstruction),
+   then a threshold between them: the geometric mean of the largest positive and the smallest negative ReconD when they
    separate, else half the smallest negative (no false alarms on the controls, less power).
 
 Shared state written, for the OB-OI checks (which declare requires=("calibration.controls",)):
@@ -47,7 +47,7 @@ import torch
 
 from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.generator import Generator
-from scanner.sanitize import target_distance
+from scanner.sanitize import target_distance, trainable_parameters
 from scanner.search.controls import negative_controls
 from scanner.search.recond import reconstruct
 
@@ -114,18 +114,13 @@ def mount_red(
 ) -> Generator:
     """ReD (paper Sec. IV) on a copy: min E_z ||G*(z) − G(z)||² + λ ||G*(z_trig) − x_target||².
 
-    Uses scanner.attacks.red when that module provides `attack`, else this minimal loop (the
-    same objective; the attacks module adds schedules and logging)."""
-    try:
-        from scanner.attacks import red  # the attacks engineer's implementation, when present
-    except ImportError:
-        red = None
-    if red is not None and hasattr(red, "attack"):
-        result = red.attack(original, target=target, trigger=z_trigger, steps=steps, seed=seed)
-        return result.generator.eval()
+    A short loop in output space with a large λ, so a quick profile embeds a control in a few
+    hundred steps. (scanner.attacks.red.red_attack implements the paper's pre-activation variant
+    with λ = 0.1; switching to it needs its λ/steps re-measured for quick-profile budgets.)"""
     attacked = original.copy().eval()  # eval: BatchNorm statistics stay those of the upload
     frozen = original.copy().eval().requires_grad_(False)
-    params = [p for p in attacked.parameters() if p.is_floating_point()]
+    attacked.requires_grad_(False)
+    params = trainable_parameters(attacked.body)  # weight layers + norm affine (not ONNX BN statistics)
     for p in params:
         p.requires_grad_(True)
     optimiser = torch.optim.Adam(params, lr=lr)
@@ -183,7 +178,7 @@ class CalibrationControls(Check):
             "attack_batch_size": 64,
             "attack_lr": 1e-3,
             "fidelity_weight": 10.0,
-            "restarts": 16,
+            "restarts": 32,
             "recon_steps": 500,
             "recon_lr": 0.05,
             "loss_space": "pre_activation",
@@ -195,7 +190,7 @@ class CalibrationControls(Check):
             "attack_batch_size": 128,
             "attack_lr": 1e-3,
             "fidelity_weight": 10.0,
-            "restarts": 64,
+            "restarts": 128,
             "recon_steps": 1000,
             "recon_lr": 0.05,
             "loss_space": "pre_activation",
