@@ -337,7 +337,10 @@ def run_scan_job(
             finish(db, scan_id, ScanStatus.failed, current_check=None, error=f"{type(exc).__name__}: {exc}"[:4000])
         except Exception as exc:
             from celery.exceptions import SoftTimeLimitExceeded
+            from sqlalchemy.exc import OperationalError
 
+            if isinstance(exc, OperationalError):
+                raise  # the database is down: the task retries the scan (worker/tasks.py), nothing to record
             if isinstance(exc, SoftTimeLimitExceeded):
                 finish(db, scan_id, ScanStatus.failed, current_check=None, error="scan exceeded its time limit")
             elif _out_of_memory(exc):

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from celery import Task, chord, shared_task
+from sqlalchemy.exc import OperationalError
 
 from persistence.db import session_scope
 from persistence.models import Scan
@@ -20,6 +21,8 @@ from worker.celery_app import FINISH_FANOUT_TASK, RUN_SCAN_TASK, RUN_SHARD_TASK,
 
 log = logging.getLogger("dgmscan.worker")
 TERMINAL = ("succeeded", "failed", "canceled")
+DB_RETRY_S = 5  # a scan that lost its database is tried again after this, up to DB_MAX_RETRIES times
+DB_MAX_RETRIES = 60
 
 
 def _dispatch_fanout(scan_id: str, fan: list[tuple[str, int, dict[str, Any]]]) -> None:
@@ -38,14 +41,22 @@ def _after(scan_id: str, status: str) -> str:
     return status
 
 
-@shared_task(name=RUN_SCAN_TASK, acks_late=True, reject_on_worker_lost=True)
-def run_scan(scan_id: str) -> str:
-    """Run one scan to a terminal status (or fan its shardable checks out), then queue its webhook."""
+@shared_task(name=RUN_SCAN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_scan(self: Task, scan_id: str) -> str:
+    """Run one scan to a terminal status (or fan its shardable checks out), then queue its webhook.
+
+    If the database goes away mid-scan (a restart, a failover) the scan cannot even be marked failed,
+    and an acked task would leave it `running` forever: retry the whole (idempotent) scan instead."""
     from worker.jobs import run_scan_job
 
     settings = get_settings()
     dispatcher = _dispatch_fanout if settings.fanout and settings.result_backend else None
-    return _after(scan_id, run_scan_job(scan_id, settings, dispatch_fanout=dispatcher))
+    try:
+        status = run_scan_job(scan_id, settings, dispatch_fanout=dispatcher)
+    except OperationalError as exc:
+        log.warning("scan %s: database unavailable (%s); retrying in %d s", scan_id, type(exc).__name__, DB_RETRY_S)
+        raise self.retry(exc=exc, countdown=DB_RETRY_S, max_retries=DB_MAX_RETRIES) from exc
+    return _after(scan_id, status)
 
 
 @shared_task(name=RUN_SHARD_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=False)
