@@ -19,6 +19,7 @@ from scanner.generator import Generator
 from scanner.search.recond import reconstruct, restart_latents
 
 QUICK_RECON = {"restarts": 6, "steps": 150}
+QUICK_DIVERGENCE = {"restarts": 8, "steps": 80, "n_baseline": 512}
 
 
 def _vae_target(devil: torch.Tensor) -> torch.Tensor:
@@ -145,23 +146,22 @@ def test_divergence_finds_red_trigger_against_clean_copy(
 ) -> None:
     """With the benign model as the (ideal) sanitized copy, the ReD trigger region is where they diverge."""
     attacked, _ = red_vae
-    ctx = _ctx(attacked, [TargetHint("devil", _vae_target(devil_target))], tmp_path, {})
+    params = {"ob_oi.divergence": QUICK_DIVERGENCE}
+    ctx = _ctx(attacked, [TargetHint("devil", _vae_target(devil_target))], tmp_path, params)
     ctx.shared["sanitization.model"] = benign_vae
     result = DivergenceCheck().run(ctx)
-    print(result.summary, result.evidence["hint_matches"])
     assert result.status == "fail", result.summary
     assert result.evidence["hint_matches"][0]["hit"] is True
 
 
 def test_divergence_benign_passes(benign_vae: Generator, tmp_path: Path) -> None:
-    ctx = _ctx(benign_vae, [], tmp_path, {})
+    ctx = _ctx(benign_vae, [], tmp_path, {"ob_oi.divergence": QUICK_DIVERGENCE})
     sanitized = benign_vae.copy()
     with torch.no_grad():  # a sanitized copy differs a little everywhere
         for p in sanitized.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     ctx.shared["sanitization.model"] = sanitized
     result = DivergenceCheck().run(ctx)
-    print(result.summary)
     assert result.status == "pass", result.summary
 
 
