@@ -142,6 +142,8 @@ class TcpProxy:
         import socket
 
         self.closed = True
+        with contextlib.suppress(OSError):  # wakes the blocked accept(); close() alone would not stop it
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for c in self.conns:
             try:
