@@ -43,6 +43,9 @@ _COMMON = {"n_references": 256, "top_k": 8, "fail_quantile": 0.01, "warn_quantil
 class ClosestNCheck(Check):
     name = "bf_oi.closest"
     description = "Closest-N (Closest1M): nearest of N generated samples to each target hint"
+    # Skipped without hints; a hint-less scan must still be able to come out clean
+    # (bf_oi.outliers is the target-free brute-force check).
+    needed_for_clean = False
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {"n_samples": 20_000, "batch_size": 2048, "n_shards": 1, **_COMMON},
         "standard": {"n_samples": 200_000, "batch_size": 4096, "n_shards": 8, **_COMMON},
