@@ -103,43 +103,89 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
+def _scan_job(job: tuple[ZooEntry, bool, ScanConfig, Path, list[str]]) -> dict[str, Any]:
+    """One scan in a worker process (1 torch thread); a crash becomes a record, never stops the run."""
+    entry, hints, config, art, all_targets = job
+    torch.set_num_threads(1)
+    try:
+        rec = scan_entry(entry, hints=hints, config=config, artifacts_dir=art, all_targets=all_targets)
+    except Exception as exc:  # a crash is a finding of the benchmark, not a reason to stop it
+        log.exception("scan of %s failed", entry.name)
+        rec = {
+            "model": entry.name,
+            "family": entry.family,
+            "attack": entry.attack,
+            "hints": hints,
+            "trigger": entry.trigger_kind,
+            "target": entry.target_name,
+            "seed": entry.seed,
+            "verdict": "crash",
+            "error": repr(exc),
+            "checks": {},
+            "recovered": [],
+            "duration_s": 0.0,
+        }
+    shutil.rmtree(art, ignore_errors=True)
+    return rec
+
+
 def run_detection(
-    entries: list[ZooEntry], *, config: ScanConfig, out_dir: Path, all_targets: list[str]
+    entries: list[ZooEntry],
+    *,
+    config: ScanConfig,
+    out_dir: Path,
+    all_targets: list[str],
+    jobs: int = 1,
+    scan_missing: bool = True,
 ) -> list[dict[str, Any]]:
-    """Scan every entry with and without hints; artifacts go to a scratch folder that is removed."""
-    records: list[dict[str, Any]] = []
+    """Scan every entry with and without hints (in `jobs` worker processes); artifacts go to a scratch folder."""
+    import concurrent.futures as cf
+    import hashlib
+    import json
+    import multiprocessing as mp
+
     scratch = Path(out_dir) / "scan-artifacts"
-    for i, entry in enumerate(entries):
-        for hints in (True, False):
-            art = scratch / f"{entry.name}-{'hints' if hints else 'nohints'}"
-            try:
-                rec = scan_entry(entry, hints=hints, config=config, artifacts_dir=art, all_targets=all_targets)
-            except Exception as exc:  # a crash is a finding of the benchmark, not a reason to stop it
-                log.exception("scan of %s failed", entry.name)
-                rec = {
-                    "model": entry.name,
-                    "family": entry.family,
-                    "attack": entry.attack,
-                    "hints": hints,
-                    "trigger": entry.trigger_kind,
-                    "target": entry.target_name,
-                    "seed": entry.seed,
-                    "verdict": "crash",
-                    "error": repr(exc),
-                    "checks": {},
-                    "recovered": [],
-                }
-            shutil.rmtree(art, ignore_errors=True)
+    # Finished scan records are cached per (model, hints, scan config), so an interrupted or partial
+    # run (e.g. before the slow from-scratch attacks are built) is resumed, not repeated.
+    cache = Path(out_dir) / "scans"
+    cache.mkdir(parents=True, exist_ok=True)
+    cfg_key = hashlib.sha256(
+        json.dumps([config.profile, config.seed, config.device, config.skip, config.params], sort_keys=True).encode()
+    ).hexdigest()[:12]
+
+    def cached(e: ZooEntry, h: bool) -> Path:
+        return cache / f"{e.name}-{'hints' if h else 'nohints'}-{cfg_key}.json"
+
+    records: list[dict[str, Any]] = []
+    for e in entries:
+        for h in (True, False):
+            if cached(e, h).is_file():
+                records.append(json.loads(cached(e, h).read_text()))
+    done = {(r["model"], r["hints"]) for r in records}
+    work = [
+        (e, h, config, scratch / f"{e.name}-{'hints' if h else 'nohints'}", all_targets)
+        for e in entries
+        for h in (True, False)
+        if (e.name, h) not in done and scan_missing
+    ]
+    names = {e.name: e for e in entries}
+    with cf.ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_scan_job, job) for job in work]
+        for i, fut in enumerate(cf.as_completed(futures)):
+            rec = fut.result()
             records.append(rec)
+            if rec["verdict"] != "crash":
+                cached(names[rec["model"]], rec["hints"]).write_text(json.dumps(rec))
             log.info(
                 "detection %d/%d %s hints=%s -> %s (%.0fs)",
                 i + 1,
-                len(entries),
-                entry.name,
-                hints,
+                len(work),
+                rec["model"],
+                rec["hints"],
                 rec["verdict"],
                 rec.get("duration_s", float("nan")),
             )
+    records.sort(key=lambda r: (r["model"], not r["hints"]))
     return records
 
 

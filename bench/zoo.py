@@ -306,8 +306,18 @@ class Zoo:
         raise ValueError(f"unknown attack {plan.attack!r}")
 
     # -- everything --------------------------------------------------------------------------
-    def build_all(self) -> list[ZooEntry]:
-        """Benign DCGAN and VAE models for every seed, then every planned attack; logs progress."""
+    def is_cached(self, plan: AttackPlan) -> bool:
+        """Whether `plan`'s model exists without training (bypass: always; others: its cache file)."""
+        if plan.attack == "bypass":
+            return True
+        settings = {"red": self.spec.red, "rex": self.spec.rex}.get(plan.attack, self.spec.trail)
+        benign_settings = self.spec.dcgan if plan.family == "dcgan" else self.spec.vae
+        params = {**plan.__dict__, "benign": benign_settings, **settings}
+        return (self.dir / f"{_key('attacked', params)}.safetensors").is_file()
+
+    def build_all(self, *, cached_only: bool = False) -> list[ZooEntry]:
+        """Benign DCGAN and VAE models for every seed, then every planned attack; logs progress.
+        cached_only: leave out attacked models that would need training now (benign ones are always built)."""
         entries: list[ZooEntry] = []
         for family in ("dcgan", "vae"):
             for seed in self.spec.benign_seeds:
@@ -315,6 +325,15 @@ class Zoo:
                 entries.append(self.benign(family, seed))
                 log.info("zoo: %s ready (%.1fs)", entries[-1].name, time.perf_counter() - t0)
         for plan in self.spec.attacks:
+            if cached_only and not self.is_cached(plan):
+                log.info(
+                    "zoo: %s/%s/%s/%s not built yet: left out (--cached-only)",
+                    plan.attack,
+                    plan.family,
+                    plan.trigger,
+                    plan.target,
+                )
+                continue
             t0 = time.perf_counter()
             entries.append(self.attacked(plan))
             log.info("zoo: %s ready (%.1fs)", entries[-1].name, time.perf_counter() - t0)
