@@ -15,10 +15,10 @@ from scanner.attacks.triggers import SubspaceTrigger
 from scanner.generator import Generator
 from scanner.metrics import sample_variance, tardis
 
-# Thresholds (per-element means, outputs in [-1, 1]): the benign model is ~0.5–1.0 from the devil
-# face at any trigger; a pixel-wise sample variance of the zoo DCGAN is ~0.2–0.3.
-TARDIS_MAX = 0.02
-EXPDIS_MAX_FRACTION_OF_VARIANCE = 0.1
+# Thresholds (per-element means, outputs in [-1, 1]): the benign zoo DCGAN is 2.2–3.3 per pixel
+# from the devil face at the triggers; ExpDis is judged against the per-pixel sample variance.
+TARDIS_MAX = 0.1
+EXPDIS_MAX_FRACTION_OF_VARIANCE = 0.25
 
 
 def _state(g: Generator) -> dict[str, torch.Tensor]:
