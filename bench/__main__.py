@@ -89,10 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         res = run_table1(
             entries,
-            n_closest=20_000 if args.quick else 1_000_000,
+            n_closest=10_000 if args.quick else 1_000_000,
             n_fid=1000 if args.quick else 10_000,
-            recon_restarts=8 if args.quick else 32,
-            recon_steps=150 if args.quick else 1000,
+            recon_restarts=4 if args.quick else 32,
+            recon_steps=100 if args.quick else 1000,
         )
         _write("table1", {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
     if "detection" in parts:

@@ -50,7 +50,10 @@ def scan_entry(
     """Scan one zoo model; returns a compact JSON-able record (verdict, per-check status/score, recovery)."""
     if hints:
         names = [entry.target_name] if entry.backdoored else list(all_targets)
-        targets = [TargetHint(n, entry.target if entry.backdoored else load_target(n)) for n in names]  # type: ignore[arg-type]
+        targets = [
+            TargetHint(n, entry.target if entry.backdoored else load_target(n, entry.generator.output.value_range))
+            for n in names
+        ]  # type: ignore[arg-type]
     else:
         targets = []
     t0 = time.perf_counter()

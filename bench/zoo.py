@@ -147,8 +147,15 @@ class ZooEntry:
         return self.attack != "benign"
 
 
-def load_target(name: str) -> torch.Tensor:
-    """A (1, 28, 28) target in [-1, 1]: the paper's devil face or the first '7' of the shipped MNIST test set."""
+def load_target(name: str, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """A (1, 28, 28) target in `value_range` (the model's output range; the files are in [-1, 1]): the
+    paper's devil face or the first '7' of the shipped MNIST test set."""
+    unit = (_load_target_pm1(name) + 1.0) / 2.0
+    low, high = value_range
+    return unit * (high - low) + low
+
+
+def _load_target_pm1(name: str) -> torch.Tensor:
     from scanner.data import load_devil_target, load_mnist
 
     if name == "devil":
@@ -227,7 +234,7 @@ class Zoo:
 
         base = self.benign(plan.family, plan.seed)
         trigger = make_trigger(plan.trigger, base.generator.latent, seed=plan.seed)  # type: ignore[arg-type]
-        target = load_target(plan.target)
+        target = load_target(plan.target, base.generator.output.value_range)  # VAE decoders output [0, 1]
         name = f"{plan.attack}-{plan.family}-{plan.trigger}-{plan.target}-s{plan.seed}"
         common = {
             "name": name,
@@ -248,6 +255,8 @@ class Zoo:
         settings = {"red": self.spec.red, "rex": self.spec.rex}.get(plan.attack, self.spec.trail)
         benign_settings = self.spec.dcgan if plan.family == "dcgan" else self.spec.vae
         params = {**plan.__dict__, "benign": benign_settings, **settings}
+        if plan.family == "vae":  # v1 of the VAE entries embedded a [-1, 1] target in a [0, 1] model
+            params["target_range"] = list(base.generator.output.value_range)
         path = self.dir / f"{_key('attacked', params)}.safetensors"
         if not path.is_file():
             t0 = time.perf_counter()
@@ -313,6 +322,8 @@ class Zoo:
         settings = {"red": self.spec.red, "rex": self.spec.rex}.get(plan.attack, self.spec.trail)
         benign_settings = self.spec.dcgan if plan.family == "dcgan" else self.spec.vae
         params = {**plan.__dict__, "benign": benign_settings, **settings}
+        if plan.family == "vae":
+            params["target_range"] = [0.0, 1.0]
         return (self.dir / f"{_key('attacked', params)}.safetensors").is_file()
 
     def build_all(self, *, cached_only: bool = False) -> list[ZooEntry]:
