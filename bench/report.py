@@ -52,7 +52,8 @@ def render_detection(d: dict[str, Any]) -> list[str]:
     lines += [
         f"Measured {_when(d)}, mode `{d.get('mode')}`, device `{d.get('device')}`; {d.get('n_models')} zoo models "
         f"(built in {_f(d.get('zoo_build_s'))} s, cached afterwards); scanning took {_f(d.get('elapsed_s'))} s.",
-        f"Scan config: profile `{cfg.get('profile')}`, skipped checks {cfg.get('skip')} "
+        f"Scan config: profile `{cfg.get('profile')}` with parameter overrides {cfg.get('params') or 'none'} "
+        f"(smaller than the profile's defaults, to fit a shared 2-core CPU), skipped checks {cfg.get('skip')} "
         "(skipped checks are reported as `skipped`; none of them is needed for a clean verdict, so they do "
         "not change verdicts, but their detection power is not part of these figures).",
         f"Zoo: benign seeds {zoo.get('benign_seeds')} for DCGAN (dcgan28, {zoo.get('dcgan')}) and VAE "
@@ -62,7 +63,15 @@ def render_detection(d: dict[str, Any]) -> list[str]:
     grid = {}
     for a in zoo.get("attacks", []):
         grid.setdefault((a["attack"], a["family"]), []).append(f"{a['trigger']}/{a['target']}")
-    lines += ["Attacked models (attack, base → trigger/target):", ""]
+    lines += [
+        "Ground truth is *the attack was mounted*, not *the attack took*: the quick zoo's attacks are short, so "
+        "some backdoors are weak. The column 'TarDis/elt at true trigger' in the recovery tables below shows each "
+        "model's fidelity (per-element squared error of G*(z_trig) against the target; ≈0 = embedded exactly, "
+        "≳0.2 = the target is barely there).",
+        "",
+        "Attacked models (attack, base → trigger/target):",
+        "",
+    ]
     lines += [f"- {k[0]} on {k[1]}: {', '.join(v)}" for k, v in sorted(grid.items())]
     lines += [""]
     analysis = d.get("analysis", {})
@@ -87,7 +96,9 @@ def render_detection(d: dict[str, Any]) -> list[str]:
             "",
         ]
         rows = [r for r in a["rows"] if r["group"] == "all attacks" or not r["group"].startswith(("trigger", "target"))]
-        fams = sorted({r["family"] for r in rows})
+        # Columns: detector families that ran (skipped families and format checks carry no signal here).
+        skipped = set(cfg.get("skip") or [])
+        fams = sorted({r["family"] for r in rows} - skipped - {"format"}, key=lambda f: (f == "any", f))
         lines += ["TPR at 1 % / 5 % FPR and AUROC per attack (rows) and check family (columns):", ""]
         header = ["attack (n)"] + fams
         table_rows = []
@@ -278,6 +289,53 @@ def render_speed(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_findings(det: dict[str, Any] | None, sp: dict[str, Any] | None) -> list[str]:
+    """The weakest spots, computed from the results (not written by hand)."""
+    import statistics
+
+    lines = ["## Weakest spots found", ""]
+    if det:
+        for setting in ("hints", "no_hints"):
+            a = det.get("analysis", {}).get(setting)
+            if not a:
+                continue
+            per_attack = [r for r in a["rows"] if r["family"] == "any" and r["group"] != "all attacks"]
+            if per_attack:
+                worst = min(per_attack, key=lambda r: (r["tpr@0.05"] or 0, -r["n_pos"], r["auroc"] or 0))
+                lines.append(
+                    f"- Lowest detection ({setting.replace('_', ' ')}): `{worst['group']}` — TPR@5 % "
+                    f"{_f(worst['tpr@0.05'], 2)}, AUROC {_f(worst['auroc'], 2)} over {worst['n_pos']} models; missed: "
+                    + (", ".join(m["model"] for m in a["missed"]) or "none")
+                )
+            fps = a["false_positive_sources"]
+            bound = _f(100 / max(a["n_benign"], 1))
+            lines.append(
+                f"- False positives ({setting.replace('_', ' ')}): "
+                + (
+                    ", ".join(f"`{k}` on {v}/{a['n_benign']} benign" for k, v in list(fps.items())[:3])
+                    if fps
+                    else f"no warn/fail on {a['n_benign']} benign models (FPR bound only: < ~{bound} %)"
+                )
+            )
+        durations: dict[str, list[float]] = {}
+        for r in det.get("records", []):
+            for name, c in r.get("checks", {}).items():
+                if c.get("status") != "skipped":
+                    durations.setdefault(name, []).append(c.get("duration_s") or 0.0)
+        if durations:
+            ranked = sorted(((statistics.median(v), k) for k, v in durations.items()), reverse=True)[:3]
+            lines.append(
+                "- Slowest checks in detection scans (median s per scan): "
+                + ", ".join(f"`{k}` {_f(t)} s" for t, k in ranked)
+            )
+    if sp and sp.get("ob_oi"):
+        lines.append(
+            f"- OB-OI sequential restarts cost {_f(sp['ob_oi']['speedup_batched_vs_sequential'])}× the batched run; "
+            f"BF-OI reaches {_f(sp.get('bf_oi', {}).get('fraction_of_matmul_rate'))} of the matmul FLOP rate."
+        )
+    return lines + [""]
+
+
 def render(results_dir: Path) -> str:
     """The whole BENCHMARKS.md."""
     lines = [
@@ -300,6 +358,7 @@ def render(results_dir: Path) -> str:
         lines += render_table1(t1)
     else:
         lines += ["## 2. The paper's Table I side by side", "", "Not measured in this run.", ""]
+    lines[6:6] = render_findings(det, sp)
     if sp:
         lines += render_speed(sp)
     else:
