@@ -140,6 +140,7 @@ def run_detection(
     all_targets: list[str],
     jobs: int = 1,
     scan_missing: bool = True,
+    settings: tuple[bool, ...] = (True, False),
 ) -> list[dict[str, Any]]:
     """Scan every entry with and without hints (in `jobs` worker processes); artifacts go to a scratch folder."""
     import concurrent.futures as cf
@@ -161,14 +162,14 @@ def run_detection(
 
     records: list[dict[str, Any]] = []
     for e in entries:
-        for h in (True, False):
+        for h in settings:
             if cached(e, h).is_file():
                 records.append(json.loads(cached(e, h).read_text()))
     done = {(r["model"], r["hints"]) for r in records}
     work = [
         (e, h, config, scratch / f"{e.name}-{'hints' if h else 'nohints'}", all_targets)
         for e in entries
-        for h in (True, False)
+        for h in settings
         if (e.name, h) not in done and scan_missing
     ]
     names = {e.name: e for e in entries}

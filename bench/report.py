@@ -279,6 +279,11 @@ def render_speed(s: dict[str, Any]) -> list[str]:
         lines += _table(["path", "profile", "checks", "median s", "runs", "verdict"], rows) + [""]
         cli = {r["profile"]: r for r in s.get("cli", []) if "median_s" in r}
         svc = {r["profile"]: r for r in s.get("service", []) if "median_s" in r}
+        lines += [
+            "Single runs under a fluctuating load average (see above): the CLI/service comparison is indicative "
+            "only; the CLI time includes interpreter and torch start-up, the service's worker was already warm.",
+            "",
+        ]
         for p in cli:
             if p in svc:
                 lines += [
@@ -287,6 +292,54 @@ def render_speed(s: dict[str, Any]) -> list[str]:
                 ]
         lines += [""]
     return lines
+
+
+def render_ablation(ab: dict[str, Any], det: dict[str, Any] | None) -> list[str]:
+    """ReD/TrAIL/poison rescanned (with hints) at the quick profile's own OB-OI/BF-OI defaults."""
+    base = {r["model"]: r for r in (det or {}).get("records", []) if r.get("hints")}
+    lines = [
+        "### Ablation: output inspection at the quick profile's defaults",
+        "",
+        f"The ReD, TrAIL and poisoning models rescanned with target hints and no parameter overrides "
+        "(quick-profile defaults for `bf_oi.closest` and `ob_oi.reconstruction`; "
+        f"skipped: {ab['scan_config']['skip']}), "
+        f"measured {_when(ab)}, {_f(ab.get('elapsed_s'))} s:",
+        "",
+    ]
+    rows = []
+    for r in ab.get("records", []):
+        b = base.get(r["model"], {})
+
+        def cell(rec: dict[str, Any], name: str) -> str:
+            c = rec.get("checks", {}).get(name)
+            return "–" if not c else f"{c['status']} ({_f(c['score'])})"
+
+        rows.append(
+            [
+                r["model"],
+                r.get("tardis_mean_at_trigger"),
+                b.get("verdict", "–"),
+                cell(b, "ob_oi.reconstruction"),
+                r["verdict"],
+                cell(r, "ob_oi.reconstruction"),
+                cell(r, "bf_oi.closest"),
+                r.get("duration_s"),
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "TarDis/elt at trigger",
+            "verdict (bench settings)",
+            "ob_oi.reconstruction (bench)",
+            "verdict (defaults)",
+            "ob_oi.reconstruction (defaults)",
+            "bf_oi.closest (defaults)",
+            "scan s",
+        ],
+        rows,
+    )
+    return lines + [""]
 
 
 def render_findings(det: dict[str, Any] | None, sp: dict[str, Any] | None) -> list[str]:
@@ -358,6 +411,9 @@ def render(results_dir: Path) -> str:
         lines += render_table1(t1)
     else:
         lines += ["## 2. The paper's Table I side by side", "", "Not measured in this run.", ""]
+    ab = _load(results_dir, "ablation")
+    if ab:
+        lines += render_ablation(ab, det)
     lines[6:6] = render_findings(det, sp)
     if sp:
         lines += render_speed(sp)
