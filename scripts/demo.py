@@ -37,11 +37,13 @@ def dgmscan(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(dgmscan_cmd(*args), cwd=REPO, env=env, text=True)
 
 
-def train_and_attack(workdir: Path, epochs: int) -> tuple[Path, Path]:
+def train_and_attack(workdir: Path, epochs: int, base: int) -> tuple[Path, Path]:
     benign = workdir / "benign.safetensors"
     backdoored = workdir / "backdoored-red.safetensors"
     if not benign.exists():
-        r = dgmscan("train", "dcgan-mnist", "--out", str(benign), "--epochs", str(epochs), "--seed", "0")
+        r = dgmscan(
+            "train", "dcgan-mnist", "--out", str(benign), "--epochs", str(epochs), "--base", str(base), "--seed", "0"
+        )
         if r.returncode != 0:
             sys.exit(f"demo: `dgmscan train` failed ({r.returncode})")
     if not backdoored.exists():
@@ -116,6 +118,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=REPO / "var/demo")
     ap.add_argument("--epochs", type=int, default=1, help="MNIST epochs for the benign DCGAN")
+    ap.add_argument("--base", type=int, default=32, help="DCGAN width (small: quick on a CPU)")
     ap.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the scans")
     ap.add_argument("--fresh", action="store_true", help="retrain and rescan from scratch")
@@ -125,7 +128,7 @@ def main() -> int:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    benign, backdoored = train_and_attack(workdir, args.epochs)
+    benign, backdoored = train_and_attack(workdir, args.epochs, args.base)
     proc, url, key = start_service(workdir)
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
