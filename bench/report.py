@@ -92,7 +92,10 @@ def render_detection(d: dict[str, Any]) -> list[str]:
             "(an extrapolation, not a measurement), and '5 % FPR' is the same threshold unless n ≥ 20.",
             "",
             "Family scores: per check, status rank (pass 0 / warn 1 / fail 2) + percentile of the oriented raw score "
-            "across all scans of this setting; family = max over its checks; `any` = max over detector families.",
+            "across all scans of this setting; family = max over its checks; `any` = max over detector families. "
+            "Because some benign model tops the raw-score percentile of *some* check, `any` exceeds the benign "
+            "maximum essentially only through a warn/fail status: a family column can show TPR 1 (raw score beyond "
+            "every benign model, without a warn/fail) where `any` shows 0.",
             "",
         ]
         rows = [r for r in a["rows"] if r["group"] == "all attacks" or not r["group"].startswith(("trigger", "target"))]
@@ -212,6 +215,15 @@ def render_table1(t: dict[str, Any]) -> list[str]:
         ],
     )
     lines += ["", f"Paper values for every cell above: {PAPER_NOT_RECALLED}.", ""]
+    best_is = max((r.get("is") or 0.0 for r in rows), default=0.0)
+    if t.get("mode") == "quick":
+        lines += [
+            f"Quick-mode caveat: the zoo's generators are tiny and trained for one epoch (best IS* here {_f(best_is)} "
+            "of a possible 10, FID* in the thousands), and the attacks are short, so TarDis values show partly "
+            "embedded targets. These rows check that the pipeline measures the paper's quantities; they are not a "
+            "reproduction of the paper's sample quality. `python -m bench run` (full mode) trains the larger zoo.",
+            "",
+        ]
     return lines
 
 
@@ -403,17 +415,17 @@ def render(results_dir: Path) -> str:
         "",
     ]
     det, t1, sp = _load(results_dir, "detection"), _load(results_dir, "table1"), _load(results_dir, "speed")
+    ab = _load(results_dir, "ablation")
     if det:
         lines += render_detection(det)
+    if ab:
+        lines += render_ablation(ab, det)
     else:
         lines += ["## 1. Detection quality on the zoo", "", "Not measured in this run.", ""]
     if t1:
         lines += render_table1(t1)
     else:
         lines += ["## 2. The paper's Table I side by side", "", "Not measured in this run.", ""]
-    ab = _load(results_dir, "ablation")
-    if ab:
-        lines += render_ablation(ab, det)
     lines[6:6] = render_findings(det, sp)
     if sp:
         lines += render_speed(sp)
