@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dgmscan {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, help_text in LIBRARY_VERBS.items():
-        module = importlib.import_module(f"scanner.commands.{verb}")
+        try:
+            module = importlib.import_module(f"scanner.commands.{verb}")
+        except ImportError as exc:  # one broken verb must not take the others down
+            p = sub.add_parser(verb, help=f"(unavailable: {exc})")
+            p.set_defaults(handler=_unavailable(verb, exc))
+            continue
         p = sub.add_parser(verb, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(handler=module.run)
@@ -46,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _unavailable(name: str, exc: Exception):
     def handler(_args: argparse.Namespace) -> int:
-        print(f"dgmscan {name}: needs the service extras (pip install 'dgmscan[service]'): {exc}", file=sys.stderr)
+        print(f"dgmscan {name}: unavailable (for service verbs: pip install 'dgmscan[service]'): {exc}", file=sys.stderr)
         return 2
 
     return handler
