@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _unavailable(name: str, exc: Exception):
     def handler(_args: argparse.Namespace) -> int:
-        print(f"dgmscan {name}: unavailable (for service verbs: pip install 'dgmscan[service]'): {exc}", file=sys.stderr)
+        print(f"dgmscan {name}: unavailable ({exc}); service verbs need 'dgmscan[service]'", file=sys.stderr)
         return 2
 
     return handler
