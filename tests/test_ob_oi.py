@@ -105,8 +105,10 @@ def test_calibrated_threshold_is_used(benign_vae: Generator, devil_target: torch
     assert result.evidence["judged_by"] == "calibration.controls threshold"
 
 
-def test_reconstruction_without_hints_is_skipped(benign_vae: Generator, tmp_path: Path) -> None:
-    assert ReconstructionCheck().run(_ctx(benign_vae, [], tmp_path, {})).status == "skipped"
+def test_reconstruction_without_hints_is_not_applicable(benign_vae: Generator, tmp_path: Path) -> None:
+    result = ReconstructionCheck().run(_ctx(benign_vae, [], tmp_path, {}))
+    assert result.status == "pass" and result.summary.startswith("not applicable")
+    assert ReconstructionCheck.needed_for_clean  # an error here must still fail closed
 
 
 class NanGradientBody(torch.nn.Module):

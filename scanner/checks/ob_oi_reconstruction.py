@@ -40,9 +40,9 @@ class ReconstructionCheck(Check):
     name = "ob_oi.reconstruction"
     description = "ReconD = min_z ||G(z) − target||² with batched Adam restarts, against negative controls"
     requires = ("calibration.controls",)
-    # Without hints there is nothing to reconstruct; a hint-less scan must still be able to come
-    # out clean, so a skip here does not make the verdict inconclusive.
-    needed_for_clean = False
+    # Without hints there is nothing to reconstruct: it passes as "not applicable" so a hint-less
+    # scan can come out clean, while an *error* here still makes the verdict inconclusive.
+    needed_for_clean = True
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {"restarts": 8, "steps": 200, **_COMMON},
         "standard": {"restarts": 32, "steps": 500, **_COMMON},
@@ -54,7 +54,7 @@ class ReconstructionCheck(Check):
         if ctx.generator is None:
             return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
         if not ctx.targets:
-            return self.skipped("no target hints: ReconD needs a target (target-free checks cover this case)")
+            return self.result("pass", "not applicable: no target hints (target-free checks cover this case)")
         p = self.params(ctx)
         budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator)
