@@ -47,7 +47,19 @@ def train_and_attack(workdir: Path, epochs: int, base: int) -> tuple[Path, Path]
         if r.returncode != 0:
             sys.exit(f"demo: `dgmscan train` failed ({r.returncode})")
     if not backdoored.exists():
-        r = dgmscan("attack", "red", "--model", str(benign), "--target", str(TARGET_PNG), "--out", str(backdoored))
+        # 300 steps embed the devil on this small DCGAN in a few CPU minutes (the CLI default is paper scale)
+        r = dgmscan(
+            "attack",
+            "red",
+            "--model",
+            str(benign),
+            "--target",
+            str(TARGET_PNG),
+            "--out",
+            str(backdoored),
+            "--steps",
+            "300",
+        )
         if r.returncode != 0:
             sys.exit(f"demo: `dgmscan attack red` failed ({r.returncode})")
     return benign, backdoored
