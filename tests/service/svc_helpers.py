@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,9 +28,23 @@ S3_SECRET_KEY = "dgmscan-test-secret-" + "x" * 12
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port in 20000-50000: SeaweedFS derives each gRPC port as port + 10000,
+    which must stay a valid (and probably free) port, so the kernel's ephemeral range won't do."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 50000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        with socket.socket() as s:  # the derived gRPC port must be free too
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port found in 20000-50000")
 
 
 def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:  # noqa: ANN001
