@@ -6,6 +6,12 @@ Needs ctx.shared["sanitization.model"] (written by sanitization.distillation). S
 divergence found / the 99th percentile of the divergence over samples of P_sample; fail at
 ≥ fail_factor, warn at ≥ warn_factor. With target hints, a maximiser whose output lies close to a
 hint (TarDis ≤ hint_ratio × the hint's distance to the nearest plain sample) also fails.
+
+Why warn_factor equals fail_factor by default: a maximiser always finds z above the 99th
+percentile, and on benign models the ratio reached 3× to 21× (a 1-epoch DCGAN gave 21×), while
+the backdoors measured scored either below 10× (ReD without hints) or above 300× (ReD, devil).
+A warn band below 50× therefore only added false alarms. These factors come from a handful of
+models, not a calibrated null distribution: see the benchmark for the measured rates.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from scanner.search.hints import stack_targets
 from scanner.search.imaging import save_strip
 from scanner.search.triggers import record_trigger
 
-_COMMON = {"lr": 0.05, "radius_factor": 1.0, "fail_factor": 50.0, "warn_factor": 10.0, "hint_ratio": 0.1}
+_COMMON = {"lr": 0.05, "radius_factor": 1.0, "fail_factor": 50.0, "warn_factor": 50.0, "hint_ratio": 0.1}
 
 
 @register_check
