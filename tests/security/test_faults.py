@@ -180,6 +180,7 @@ def test_worker_child_over_memory_limit_fails_with_reason(
                 assert scan["status"] == "succeeded", scan
                 check = next(ch for ch in scan["checks"] if ch["name"] == "bf_oi.closest")
                 assert check["status"] == "error" and "memory" in check["summary"].lower(), check
+                assert scan["verdict"] == "inconclusive", scan  # fail closed: an errored check vouches for nothing
             assert worker.poll() is None
             after = wait_scan(c, upload(c, benign, config=QUICK).json()["id"])
             assert after["status"] == "succeeded" and after["verdict"] == "clean", after
