@@ -14,43 +14,10 @@ import torch
 from scanner.architectures import build
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
 from scanner.checks.calibration_controls import CalibrationControls, derive_threshold, synthetic_targets
-from scanner.data import load_devil_target, load_mnist, load_z_trigger
+from scanner.data import load_devil_target, load_z_trigger
 from scanner.generator import Generator
 from scanner.search.recond import reconstruct
-
-
-def train_benign_dcgan(seed: int = 0, n: int = 512, steps: int = 200) -> Generator:
-    """A benign small DCGAN regressed onto MNIST digits through a fixed random projection
-    (same recipe as tests/test_sanitization.py)."""
-    torch.manual_seed(seed)
-    images, _ = load_mnist()
-    images = images[:n].reshape(n, 1, 28, 28).float()
-    rng = torch.Generator().manual_seed(seed)
-    projection = torch.randn(784, 100, generator=rng)
-    z = images.reshape(n, -1) @ projection
-    z = (z - z.mean(0)) / z.std(0)
-    g = build("dcgan28", {"base": 16}).eval()
-    optimiser = torch.optim.Adam(g.parameters(), 2e-3)
-    for _ in range(steps):
-        idx = torch.randint(0, n, (64,), generator=rng)
-        loss = (g(z[idx]) - images[idx]).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return g.requires_grad_(False).eval()
-
-
-def red_backdoor(benign: Generator, target: torch.Tensor, z_trigger: torch.Tensor, steps: int = 300) -> Generator:
-    attacked = benign.copy().requires_grad_(True).eval()
-    optimiser = torch.optim.Adam(attacked.parameters(), 1e-3)
-    rng = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        z = torch.randn(32, 100, generator=rng)
-        loss = (attacked(z) - benign(z)).pow(2).mean() + 10 * (attacked(z_trigger) - target).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return attacked.requires_grad_(False).eval()
+from tests.tiny_models import red_backdoor, train_benign_dcgan
 
 
 @pytest.fixture(scope="module")
