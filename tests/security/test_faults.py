@@ -29,7 +29,8 @@ from svc_helpers import REPO, S3Server, create_key, free_port, service_env, star
 from svc_models import TARGET_PNG, make_benign
 
 QUICK = {"profile": "quick", "only": ["format", "static.bias_outliers"]}
-# long enough (tens of seconds on 2 CPU cores) to kill things while it runs; it finishes on its own
+# long enough (a minute or more on 2 CPU cores, with the target hint the uploads pass) to kill things
+# while it runs; it finishes on its own. Without a hint bf_oi.closest is "not applicable" and instant.
 SLOW = {
     "profile": "quick",
     "only": ["format", "bf_oi.closest"],
@@ -116,7 +117,7 @@ def test_worker_killed_mid_scan_completes_exactly_once(
     second = None
     try:
         with api.client(tenant_keys["alice"]) as c:
-            scan_id = upload(c, benign, config=SLOW).json()["id"]
+            scan_id = upload(c, benign, [TARGET_PNG], config=SLOW).json()["id"]
             _wait_running(c, scan_id)
             os.killpg(first.pid, signal.SIGKILL)  # the whole worker: parent and child, no chance to ack
             first.wait(10)
@@ -143,7 +144,7 @@ def test_worker_child_killed_is_redelivered_and_worker_lives(
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         with api.client(tenant_keys["bob"]) as c:
-            scan_id = upload(c, benign, config=SLOW).json()["id"]
+            scan_id = upload(c, benign, [TARGET_PNG], config=SLOW).json()["id"]
             _wait_running(c, scan_id)
             pool = child_pids(worker.pid)  # the prefork pool's child (the one running the scan)
             assert pool
@@ -223,7 +224,7 @@ def test_api_restarted_mid_scan_keeps_state(
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         with api.client(tenant_keys["alice"]) as c:
-            scan_id = upload(c, benign, config=SLOW).json()["id"]
+            scan_id = upload(c, benign, [TARGET_PNG], config=SLOW).json()["id"]
             _wait_running(c, scan_id)
         os.killpg(api.proc.pid, signal.SIGKILL)
         api.proc.wait(10)
@@ -282,7 +283,7 @@ def test_database_restart_loses_nothing(private_postgres, s3_server, fault_redis
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         with api.client(key, timeout=120) as c:
-            scan_id = upload(c, benign, config=SLOW).json()["id"]
+            scan_id = upload(c, benign, [TARGET_PNG], config=SLOW).json()["id"]
             _wait_running(c, scan_id)
             stop_private_postgres(private_postgres, "immediate")
             r = c.get(f"/v1/scans/{scan_id}")
