@@ -247,7 +247,11 @@ def test_broker_restart_loses_nothing(migrated_pg, s3_server, fault_redis, tenan
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         with api.client(tenant_keys["alice"], timeout=120) as c:
-            before = [upload(c, benign, config=cfg).json()["id"] for cfg in (SLOW, QUICK, QUICK)]
+            before = [
+                upload(c, benign, [TARGET_PNG], config=SLOW).json()["id"],
+                upload(c, benign, config=QUICK).json()["id"],
+                upload(c, benign, config=QUICK).json()["id"],
+            ]
             _wait_running(c, before[0])
             stop(fault_redis.proc)  # SIGTERM: redis writes its append-only file and exits
             r = upload(c, benign, config=QUICK)
