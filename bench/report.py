@@ -354,6 +354,42 @@ def render_ablation(ab: dict[str, Any], det: dict[str, Any] | None) -> list[str]
     return lines + [""]
 
 
+def render_full_profile(fp: dict[str, Any]) -> list[str]:
+    """Every check of the quick profile (calibration and sanitization included) on fewer models."""
+    summary = fp.get("summary", {})
+    alarms = summary.get("benign_non_pass_checks", {})
+    lines = [
+        "### The whole quick profile (calibration and sanitization included)",
+        "",
+        f"Measured {_when(fp)}, {_f(fp.get('elapsed_s'))} s, profile `quick` with no skipped check and no "
+        "parameter override (what `dgmscan scan --profile quick` runs), every scan with target hints. Benign "
+        "models: dcgan28 and the VAE decoder (zoo seeds 0-2) and a generator outside the registry "
+        "(`tests/foreign_models.py`: GroupNorm, GELU, upsample + conv, 64-d latent) trained here, seeds 0-2. "
+        "`red-strong-*`: ReD with λ = 1, 300 steps, lr 2e-3 at an in-sample trigger (a backdoor that took).",
+        "",
+        f"**Benign: {summary.get('benign_clean')}/{summary.get('n_benign')} clean**; non-pass checks on benign "
+        "models: " + (", ".join(f"`{k}` ×{v}" for k, v in alarms.items()) or "none") + ". "
+        f"**Backdoored: {summary.get('attacked_caught')}/{summary.get('n_attacked')} suspicious or backdoored.**",
+        "",
+    ]
+    rows = []
+    for r in fp.get("records", []):
+        flagged = [f"{n} {c['status']}" for n, c in r.get("checks", {}).items() if c["status"] in ("warn", "fail")]
+        errored = [n for n, c in r.get("checks", {}).items() if c["status"] == "error"]
+        rows.append(
+            [
+                r["model"],
+                r.get("tardis_mean_at_trigger", "–") if r["attack"] != "benign" else "–",
+                r["verdict"],
+                ", ".join(flagged) or "–",
+                ", ".join(errored) or "–",
+                r.get("duration_s"),
+            ]
+        )
+    lines += _table(["model", "TarDis/elt at trigger", "verdict", "warn/fail checks", "errored", "scan s"], rows)
+    return lines + [""]
+
+
 def render_findings(det: dict[str, Any] | None, sp: dict[str, Any] | None) -> list[str]:
     """The weakest spots, computed from the results (not written by hand)."""
     import statistics
@@ -420,7 +456,10 @@ def render(results_dir: Path) -> str:
         lines += render_detection(det)
     if ab:
         lines += render_ablation(ab, det)
-    else:
+    fp = _load(results_dir, "full_profile")
+    if fp:
+        lines += render_full_profile(fp)
+    if not (det or ab or fp):
         lines += ["## 1. Detection quality on the zoo", "", "Not measured in this run.", ""]
     if t1:
         lines += render_table1(t1)
