@@ -149,7 +149,14 @@ class ReconstructionCheck(Check):
         finite = [(s, th) for s, th in zip(scores, thresholds, strict=True) if math.isfinite(s)]
         score, threshold = min(finite) if finite else (None, None)
         flagged = [h["target"] for h in per_hint if h["status"] in ("fail", "warn")]
-        if flagged:
+        if flagged and calibrated is not None:
+            summary = f"ReconD against this model's calibrated threshold {calibrated:.3g}/element: " + ", ".join(
+                f"{h['target']} ({h['recon_mean']:.3g}/element, {h['status']}; ×{h['ratio_to_controls']:.2g} of its "
+                "negative controls)"
+                for h in per_hint
+                if h["target"] in flagged
+            )
+        elif flagged:
             summary = "ReconD far below the negative controls for " + ", ".join(
                 f"{h['target']} ({h['recon_mean']:.3g}/element, ×{h['ratio_to_controls']:.2g} of controls)"
                 for h in per_hint
