@@ -390,11 +390,25 @@ def render_full_profile(fp: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def render_findings(det: dict[str, Any] | None, sp: dict[str, Any] | None) -> list[str]:
+def render_findings(
+    det: dict[str, Any] | None, sp: dict[str, Any] | None, fp: dict[str, Any] | None = None
+) -> list[str]:
     """The weakest spots, computed from the results (not written by hand)."""
     import statistics
 
     lines = ["## Weakest spots found", ""]
+    if fp:
+        summary = fp.get("summary", {})
+        records = fp.get("records", [])
+        missed = [r["model"] for r in records if r["attack"] != "benign" and r["verdict"] in ("clean", "inconclusive")]
+        alarmed = [r["model"] for r in records if r["attack"] == "benign" and r["verdict"] != "clean"]
+        lines.append(
+            f"- Whole quick profile (calibration and sanitization included): backdoored "
+            f"{summary.get('attacked_caught')}/{summary.get('n_attacked')} caught, missed: "
+            + (", ".join(missed) or "none")
+            + f"; benign {summary.get('benign_clean')}/{summary.get('n_benign')} clean"
+            + (f", not clean: {', '.join(alarmed)}" if alarmed else "")
+        )
     if det:
         for setting in ("hints", "no_hints"):
             a = det.get("analysis", {}).get(setting)
@@ -465,7 +479,7 @@ def render(results_dir: Path) -> str:
         lines += render_table1(t1)
     else:
         lines += ["## 2. The paper's Table I side by side", "", "Not measured in this run.", ""]
-    lines[6:6] = render_findings(det, sp)
+    lines[6:6] = render_findings(det, sp, fp)
     if sp:
         lines += render_speed(sp)
     else:
