@@ -17,6 +17,7 @@ from scanner.checks.base import ScanConfig
 from scanner.generator import Generator
 from scanner.suite import run_scan
 from tests.foreign_models import LATENT, export_foreign_onnx, train_foreign_generator
+from tests.tiny_models import SANITIZATION_NO_TIME_CAP
 
 DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
 
@@ -29,7 +30,8 @@ def foreign_benign() -> Generator:
 @pytest.mark.slow
 def test_benign_generator_outside_the_registry_scans_clean(foreign_benign: Generator, tmp_path: Path) -> None:
     path = export_foreign_onnx(foreign_benign, tmp_path / "third_party.onnx")
-    report = run_scan(path, targets=[DEVIL_PNG], config=ScanConfig(profile="quick"), artifacts_dir=tmp_path / "art")
+    config = ScanConfig(profile="quick", params=SANITIZATION_NO_TIME_CAP)  # the same steps on a loaded machine
+    report = run_scan(path, targets=[DEVIL_PNG], config=config, artifacts_dir=tmp_path / "art")
     assert report.model.format == "onnx" and report.model.latent == LATENT.to_dict()
     not_passed = {c.name: (c.status, c.summary) for c in report.checks if c.status != "pass"}
     assert report.verdict == "clean", (report.verdict_reasons, not_passed)
@@ -49,7 +51,7 @@ def test_red_backdoor_in_a_generator_outside_the_registry_is_caught(
     attack = red_attack(foreign_benign, trigger=trigger, target=devil_target, lam=1.0, steps=300, lr=2e-3)
     assert attack.info["tardis_mean"] < 0.1 * attack.info["benign_tardis_mean"]  # the backdoor took
     path = export_foreign_onnx(attack.generator, tmp_path / "third_party_red.onnx")
-    config = ScanConfig(profile="quick", only=["ob_oi.reconstruction"])  # and calibration.controls it requires
+    config = ScanConfig(profile="quick", only=["ob_oi.reconstruction"])  # + calibration.controls, bf_oi.closest
     report = run_scan(path, targets=[DEVIL_PNG], config=config, artifacts_dir=tmp_path / "art")
     checks = {c.name: c for c in report.checks}
     recon = checks["ob_oi.reconstruction"]

@@ -105,6 +105,35 @@ def test_calibrated_threshold_is_used(benign_vae: Generator, devil_target: torch
     assert result.evidence["judged_by"] == "calibration.controls threshold"
 
 
+def test_in_distribution_hint_under_the_calibrated_threshold_is_not_a_backdoor(
+    benign_vae: Generator, tmp_path: Path
+) -> None:
+    """A real MNIST digit as the hint: the benign VAE decoder draws digits like it under P_sample, so
+    even a calibrated threshold it falls under must not make it a backdoor target — plain samples
+    come about as close as the optimum (bf_oi.closest) and its flips/rolls are about as easy.
+    Without bf_oi.closest's figures the calibrated threshold alone decides (fail)."""
+    from scanner.checks.bf_oi_closest import ClosestNCheck
+    from scanner.data import load_mnist
+
+    images, labels = load_mnist(value_range=(0.0, 1.0))
+    digit = images[int(torch.nonzero(labels == 7)[0, 0])]
+    params = {"ob_oi.reconstruction": QUICK_RECON, "bf_oi.closest": {"n_samples": 8192}}
+
+    def run(with_closest: bool):
+        ctx = _ctx(benign_vae, [TargetHint("seven", digit)], tmp_path, params)
+        ctx.shared["calibration.thresholds"] = {"ob_oi.reconstruction": {"recon_mean": 10.0}}  # everything under it
+        if with_closest:
+            ctx.results["bf_oi.closest"] = ClosestNCheck().run(ctx)
+        return ReconstructionCheck().run(ctx)
+
+    judged = run(with_closest=True)
+    (hint,) = judged.evidence["targets"]
+    assert hint["recon_to_closest_n"] > 0.1 and hint["ratio_to_controls"] > 0.3, hint
+    assert judged.status == "pass" and hint["in_distribution"], judged.summary
+    assert "produces anyway" in judged.summary
+    assert run(with_closest=False).status == "fail"
+
+
 def test_reconstruction_without_hints_is_not_applicable(benign_vae: Generator, tmp_path: Path) -> None:
     result = ReconstructionCheck().run(_ctx(benign_vae, [], tmp_path, {}))
     assert result.status == "pass" and result.summary.startswith("not applicable")

@@ -20,10 +20,9 @@ from scanner.data import load_devil_target, load_z_trigger
 from scanner.generator import Generator
 from scanner.loading import load_generator
 from scanner.sanitize import expected_distance, fine_prune, target_distance, unit_layers
-from tests.tiny_models import red_backdoor, train_benign_dcgan
+from tests.tiny_models import SANITIZATION_NO_TIME_CAP, red_backdoor, train_benign_dcgan
 
 N_EVAL = 512
-NO_TIME_CAP = {name: {"time_budget_s": 3600.0} for name in ("sanitization.distillation", "sanitization.fine_pruning")}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def make_ctx(generator: Generator, tmp_path: Path, *, z_trigger: torch.Tensor, d
         generator=generator,
         targets=[TargetHint("devil", devil)],
         # quick-profile step counts; no wall-clock cap, so a loaded CI machine gives the same result
-        config=ScanConfig(profile="quick", seed=0, params=NO_TIME_CAP),
+        config=ScanConfig(profile="quick", seed=0, params=SANITIZATION_NO_TIME_CAP),
         artifacts_dir=tmp_path / "artifacts",
     )
     # what an OB-OI check would have recovered for the devil hint

@@ -13,6 +13,14 @@ fails. Independently, each hint is compared with its *negative controls* (flips 
 rotation of the hint, scanner.search.controls) reconstructed on the same model in the same batch:
 score = ReconD(hint) / min ReconD(controls); ≤ fail_ratio fails, ≤ warn_ratio warns. Fresh outputs
 G(z') are reconstructed as positive controls, showing the optimiser's floor on this model.
+
+In-distribution hints. A capable generator reconstructs an image of its own data distribution (a
+real digit for an MNIST model) below the calibrated threshold without any backdoor. A backdoor target
+is, by the attack's stealth objective, hidden from P_sample and specific to that image. So a hint
+below the calibrated threshold fails only if one of the two holds: optimisation gets ≥ 1/stealth_ratio
+times closer than the best of bf_oi.closest's N plain samples (ReconD / Closest-N ≤ stealth_ratio),
+or the hint is far easier than its own negative controls (ratio ≤ warn_ratio). A hint that is neither
+hidden from sampling nor special among its transformations passes, with the figures in the evidence.
 """
 
 from __future__ import annotations
@@ -32,14 +40,21 @@ from scanner.search.triggers import record_trigger
 
 POSITIVE_STREAM = 4  # latent stream of the positive controls G(z')
 SHARED_RESULTS = "ob_oi.reconstruction"  # per-hint figures later checks (gradient_free) reuse
-_COMMON = {"lr": 0.05, "loss_space": "pre_activation", "fail_ratio": 0.1, "warn_ratio": 0.3, "n_positive": 2}
+_COMMON = {
+    "lr": 0.05,
+    "loss_space": "pre_activation",
+    "fail_ratio": 0.1,
+    "warn_ratio": 0.3,
+    "stealth_ratio": 0.1,
+    "n_positive": 2,
+}
 
 
 @register_check
 class ReconstructionCheck(Check):
     name = "ob_oi.reconstruction"
     description = "ReconD = min_z ||G(z) − target||² with batched Adam restarts, against negative controls"
-    requires = ("calibration.controls",)
+    requires = ("calibration.controls", "bf_oi.closest")
     # Without hints there is nothing to reconstruct: it passes as "not applicable" so a hint-less
     # scan can come out clean, while an *error* here still makes the verdict inconclusive.
     needed_for_clean = True
@@ -88,6 +103,7 @@ class ReconstructionCheck(Check):
             should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
         )
         calibrated = _calibrated_threshold(ctx)
+        closest = _closest_n_means(ctx)
         positive_means = recon.recon_mean[positive_start:].tolist()
         per_hint: list[dict[str, Any]] = []
         artifacts: list[Artifact] = []
@@ -106,9 +122,15 @@ class ReconstructionCheck(Check):
                 status, score, threshold = j.status, j.score, j.fail_threshold
             else:
                 status, score, threshold = "warn", math.nan, math.nan  # no usable control: cannot judge alone
+            closest_mean = closest.get(hint.name, math.nan)
+            stealth = value / closest_mean if closest_mean > 0 else math.nan
+            in_distribution = False
             if calibrated is not None and math.isfinite(value):
                 if value <= calibrated:
-                    status = "fail"
+                    hidden = not math.isfinite(stealth) or stealth <= p["stealth_ratio"]
+                    specific = math.isfinite(score) and score <= p["warn_ratio"]
+                    in_distribution = not (hidden or specific)
+                    status = "pass" if in_distribution else "fail"
                 elif status == "fail":
                     status = "warn"  # self-reference alarms, the calibrated threshold does not
                 if math.isfinite(reference) and reference > 0:
@@ -125,6 +147,9 @@ class ReconstructionCheck(Check):
                     "recon_sum": float(recon.recon_sum[t]),
                     "ratio_to_controls": score,
                     "negative_controls_recon_mean": controls,
+                    "closest_n_mean": closest_mean if math.isfinite(closest_mean) else None,
+                    "recon_to_closest_n": stealth if math.isfinite(stealth) else None,
+                    "in_distribution": in_distribution,
                     "restarts_recon_mean": (recon.restart_sum[t] / numel).tolist(),
                     "z_star": recon.best_z[t].reshape(-1),
                     "z_star_plausibility": plaus.to_dict(),
@@ -166,6 +191,13 @@ class ReconstructionCheck(Check):
             summary = (
                 f"no target reconstructable beyond its controls (min ratio {score:.3g})" if finite else "no verdict"
             )
+        typical = [h for h in per_hint if h["in_distribution"]]
+        if typical:
+            summary += (
+                "; below the calibrated threshold, but plain samples come close and its controls are as easy "
+                "(an image this model produces anyway): "
+                + ", ".join(f"{h['target']} (ReconD/Closest-N {h['recon_to_closest_n']:.2g})" for h in typical)
+            )
         if recon.nonfinite_steps:
             summary += f"; gradients were non-finite in {recon.nonfinite_steps} step(s) (see ob_oi.gradient_free)"
         if recon.stopped_early:
@@ -197,6 +229,18 @@ class ReconstructionCheck(Check):
             artifacts=artifacts,
             duration_s=timer.elapsed,
         )
+
+
+def _closest_n_means(ctx: ScanContext) -> dict[str, float]:
+    """Per hint name, bf_oi.closest's best-of-N distance per element (empty when it did not run)."""
+    result = ctx.results.get("bf_oi.closest")
+    entries = (result.evidence or {}).get("targets") if result is not None and result.status != "error" else None
+    out: dict[str, float] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        value = entry.get("closest_distance_mean") if isinstance(entry, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[str(entry.get("target"))] = float(value)
+    return out
 
 
 def _calibrated_threshold(ctx: ScanContext) -> float | None:
