@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,33 @@ def _detection_config(args: argparse.Namespace) -> Any:
     # profile's defaults (recorded in the results); full mode uses the profile as it is.
     params = QUICK_DETECTION_PARAMS if args.quick else {}
     return ScanConfig(profile="quick", seed=0, device=args.device, skip=skip, params=params)
+
+
+def _hinted_part(
+    part: str,
+    chosen: list[Any],
+    config: Any,
+    args: argparse.Namespace,
+    stamp: dict[str, Any],
+    summarise: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> None:
+    """Scan `chosen` zoo entries with their target hints only and write the part's results file."""
+    from bench.detection import run_detection
+    from bench.zoo import TARGET_NAMES
+
+    t0 = time.perf_counter()
+    records = run_detection(
+        chosen, config=config, out_dir=OUT_DIR, all_targets=list(TARGET_NAMES), jobs=args.jobs, settings=(True,)
+    )
+    payload = {
+        **stamp,
+        "elapsed_s": time.perf_counter() - t0,
+        "scan_config": {"profile": config.profile, "skip": config.skip, "params": config.params},
+        "records": records,
+    }
+    if summarise is not None:
+        payload["summary"] = summarise(records)
+    _write(part, payload)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -127,50 +155,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             },
         )
     if "ablation" in parts:
-        from bench.detection import run_detection
-
         # The output-inspection misses at the quick detection settings: rescan the ReD/TrAIL/poison models
         # with target hints at the quick profile's own OB-OI/BF-OI defaults (no parameter overrides).
-        t0 = time.perf_counter()
         config = _detection_config(args)
         config.params = {}
         chosen = [e for e in entries if e.attack in ("red", "trail", "poison")]
-        records = run_detection(
-            chosen, config=config, out_dir=OUT_DIR, all_targets=list(TARGET_NAMES), jobs=args.jobs, settings=(True,)
-        )
-        _write(
-            "ablation",
-            {
-                **stamp,
-                "elapsed_s": time.perf_counter() - t0,
-                "scan_config": {"profile": config.profile, "skip": config.skip, "params": config.params},
-                "records": records,
-            },
-        )
+        _hinted_part("ablation", chosen, config, args, stamp)
     if "full_profile" in parts:
-        from bench.detection import run_detection
         from bench.full_profile import full_profile_entries, summarise
         from scanner.checks.base import ScanConfig
 
         # The whole quick profile, calibration and sanitization included, as a user's scan runs it.
-        t0 = time.perf_counter()
-        config = ScanConfig(profile="quick", seed=0, device=args.device)
         chosen = full_profile_entries(zoo, OUT_DIR)
         for e in chosen:
             e.generator.to(args.device)
-        records = run_detection(
-            chosen, config=config, out_dir=OUT_DIR, all_targets=list(TARGET_NAMES), jobs=args.jobs, settings=(True,)
-        )
-        _write(
-            "full_profile",
-            {
-                **stamp,
-                "elapsed_s": time.perf_counter() - t0,
-                "scan_config": {"profile": config.profile, "skip": config.skip, "params": config.params},
-                "records": records,
-                "summary": summarise(records),
-            },
-        )
+        config = ScanConfig(profile="quick", seed=0, device=args.device)
+        _hinted_part("full_profile", chosen, config, args, stamp, summarise=summarise)
     from bench.report import render
 
     (BENCH_DIR.parent / "BENCHMARKS.md").write_text(render(RESULTS_DIR))
