@@ -32,24 +32,7 @@ def _assert_same_state(before: dict[str, torch.Tensor], g: Generator) -> None:
         assert torch.equal(v, after[k]), f"{k} changed"
 
 
-RED_OOD_STEALTH = pytest.mark.xfail(
-    strict=False,
-    reason="measured: ReD at the all-100 OOD trigger reaches TarDis 0.015/pixel but ExpDis 0.26/pixel "
-    "(λ=1, 300 steps): BatchNorm in eval mode does not rescale the 100x first-layer activations, "
-    "so fitting them moves weights the ordinary samples use; needs more steps or chosen layers",
-)
-REX_MODE_FIDELITY = pytest.mark.xfail(
-    strict=False,
-    reason="measured in CI (fresh zoo, λ=1, 300 steps): ReX at the mode trigger (z = 0) reaches TarDis "
-    "0.144/pixel against the 0.1 bound (benign: 2.2); the zero latent gives the new units no input "
-    "signal beyond the biases, so 300 steps are not enough",
-)
-KNOWN_SHORTFALLS = {("red", "ood"): RED_OOD_STEALTH, ("rex", "mode"): REX_MODE_FIDELITY}
-CASES = [
-    pytest.param(kind, trigger, marks=KNOWN_SHORTFALLS.get((kind, trigger), ()))
-    for kind in ("red", "rex")
-    for trigger in ("in-sample", "mode", "ood")
-]
+CASES = [pytest.param(kind, trigger) for kind in ("red", "rex") for trigger in ("in-sample", "mode", "ood")]
 
 
 @pytest.mark.parametrize(("kind", "trigger"), CASES)

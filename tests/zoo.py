@@ -118,7 +118,14 @@ def benign_vae(seed: int = 0) -> Generator:
 # ReD/ReX settings for the small zoo DCGAN. The paper's λ = 0.1 with 300 steps left TarDis at
 # 0.08–0.23 per pixel (benign: 2.2–3.3); a short test budget needs λ = 1 and a larger step size.
 RED_SETTINGS: dict[str, Any] = {"lam": 1.0, "steps": 300, "batch_size": 64, "lr": 2e-3}
+# At the all-100 OOD trigger the pre-activation fidelity error starts ~100x larger than the distillation
+# error, and λ = 1 for 300 steps wrecked stealth (ExpDis 0.26/pixel). The paper's λ = 0.1 for 1000
+# steps reaches TarDis 0.003 and ExpDis 0.020/pixel (measured on zoo seed 0; bound 0.038).
+RED_SETTINGS_BY_TRIGGER: dict[str, dict[str, Any]] = {"ood": {"lam": 0.1, "steps": 1000, "batch_size": 64, "lr": 1e-3}}
 REX_SETTINGS: dict[str, Any] = {"lam": 1.0, "steps": 300, "batch_size": 64, "lr": 2e-3, "expansion": 1.0}
+# At the mode trigger (z = 0) ReX's new units get no input signal beyond their biases: 300 steps left
+# TarDis at 0.144/pixel; 1000 steps reach TarDis 0.001 and ExpDis 0.0008/pixel (measured, zoo seed 0).
+REX_SETTINGS_BY_TRIGGER: dict[str, dict[str, Any]] = {"mode": {**REX_SETTINGS, "steps": 1000}}
 TRAIL_SETTINGS: dict[str, Any] = {"lam": 0.1, "epochs": 2, "base": 16, "batch_size": 64, "lr": 5e-4}
 ATTACK_KINDS = ("red", "rex", "trail", "bypass", "poison")
 
@@ -144,18 +151,20 @@ def attacked(kind: str, trigger: str = "ood", seed: int = 0) -> AttackResult:
         from scanner.attacks.bypass import bypass_attack
 
         return bypass_attack(benign, trigger=z_trig, target=target)
-    settings = {"red": RED_SETTINGS, "rex": REX_SETTINGS}.get(kind, TRAIL_SETTINGS)
+    red_settings = RED_SETTINGS_BY_TRIGGER.get(trigger, RED_SETTINGS)
+    rex_settings = REX_SETTINGS_BY_TRIGGER.get(trigger, REX_SETTINGS)
+    settings = {"red": red_settings, "rex": rex_settings}.get(kind, TRAIL_SETTINGS)
     params = {"attack": kind, "trigger": trigger, "seed": seed, "benign": DCGAN_SETTINGS, **settings}
 
     def produce() -> dict[str, Any]:
         if kind == "red":
             from scanner.attacks.red import red_attack
 
-            result = red_attack(benign, trigger=z_trig, target=target, seed=seed, **RED_SETTINGS)
+            result = red_attack(benign, trigger=z_trig, target=target, seed=seed, **settings)
         elif kind == "rex":
             from scanner.attacks.rex import rex_attack
 
-            result = rex_attack(benign, trigger=z_trig, target=target, seed=seed, **REX_SETTINGS)
+            result = rex_attack(benign, trigger=z_trig, target=target, seed=seed, **settings)
         elif kind == "trail":
             from scanner.attacks.trail import trail_attack
 
