@@ -6,8 +6,9 @@ what those checks contribute (the calibrated ReconD threshold, the divergence se
 sanitized copy). This part measures that, on fewer models:
 
 - benign: dcgan28 and the VAE decoder (zoo seeds 0-2) and a generator of an architecture outside
-  the registry (tests/foreign_models.py: GroupNorm, GELU, upsample + conv, 64-d latent), seeds 0-2,
-  scanned from an ONNX file exported with plain torch.onnx.export — false alarms of every check;
+  the registry (tests/foreign_models.py: GroupNorm, GELU, upsample + conv, 64-d latent), seeds 0-2
+  (scanned in memory like the zoo; tests/test_foreign_architecture.py scans it as an ONNX file) —
+  false alarms of every check;
 - backdoored: the zoo's ReD, TrAIL and poisoning models (where the detection part missed), plus
   ReD with λ = 1 at an in-sample trigger on the zoo DCGAN and on the foreign architecture (a
   backdoor that took: TarDis at the trigger far below the benign level).
@@ -17,8 +18,6 @@ Every scan is given the attacked model's own target (benign models: every zoo ta
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from safetensors.torch import load_file, save_file
 
 from bench.zoo import Zoo, ZooEntry, load_target
 from scanner.generator import Generator
-
-log = logging.getLogger("bench.full_profile")
 
 BENIGN_SEEDS = (0, 1, 2)
 STRONG_RED = {"lam": 1.0, "steps": 300, "lr": 2e-3, "batch_size": 64}  # the test zoo's ReD setting
@@ -43,12 +40,12 @@ def _foreign_benign(out_dir: Path, seed: int) -> ZooEntry:
         save_file({k: v.contiguous() for k, v in train_foreign_generator(seed).body.state_dict().items()}, str(path))
     body = UpsampleConvGenerator()
     body.load_state_dict(load_file(str(path)))
-    g = Generator(body.eval(), LATENT, OUTPUT, source_format="onnx")
+    g = Generator(body.eval(), LATENT, OUTPUT)
     return ZooEntry(f"benign-foreign-s{seed}", "foreign", "benign", seed, g.eval())
 
 
 def _strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: int) -> ZooEntry:
-    """ReD at STRONG_RED on `base` with an in-sample trigger and the devil target (cached)."""
+    """ReD at STRONG_RED on `base` with a `trigger_kind` trigger and the devil target (cached)."""
     from scanner.attacks import make_trigger
     from scanner.attacks.red import red_attack
 
@@ -57,12 +54,9 @@ def _strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: 
     g = base.generator.copy()
     trigger = make_trigger(trigger_kind, g.latent, seed=trigger_seed)  # type: ignore[arg-type]
     target = load_target("devil", g.output.value_range).reshape(g.output.shape)
-    info: dict[str, Any] = {}
     if not path.is_file():
-        t0 = time.perf_counter()
         res = red_attack(base.generator, trigger=trigger, target=target, seed=base.seed, **STRONG_RED)
-        tensors = {f"body.{k}": v.contiguous() for k, v in res.generator.body.state_dict().items()}
-        save_file(tensors, str(path), metadata={"build_s": str(time.perf_counter() - t0)})
+        save_file({f"body.{k}": v.contiguous() for k, v in res.generator.body.state_dict().items()}, str(path))
     g.body.load_state_dict({k[5:]: v for k, v in load_file(str(path)).items()})
     return ZooEntry(
         name,
@@ -74,7 +68,6 @@ def _strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: 
         target_name="devil",
         trigger=trigger,
         target=target,
-        info=info,
         benign_name=base.name,
     )
 
@@ -91,14 +84,16 @@ def full_profile_entries(zoo: Zoo, out_dir: Path) -> list[ZooEntry]:
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Benign verdicts and every non-pass check on them; per backdoored model, what caught it."""
+    """How many benign models came out clean (and every non-pass check on them), how many backdoored
+    ones were flagged suspicious or backdoored."""
     benign = [r for r in records if r["attack"] == "benign"]
     attacked = [r for r in records if r["attack"] != "benign"]
     benign_alarms: dict[str, int] = {}
     for r in benign:
         for name, c in r["checks"].items():
-            if c["status"] not in ("pass",):
-                benign_alarms[f"{name}:{c['status']}"] = benign_alarms.get(f"{name}:{c['status']}", 0) + 1
+            if c["status"] != "pass":
+                key = f"{name}:{c['status']}"
+                benign_alarms[key] = benign_alarms.get(key, 0) + 1
     return {
         "n_benign": len(benign),
         "benign_clean": sum(r["verdict"] == "clean" for r in benign),

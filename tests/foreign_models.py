@@ -63,8 +63,8 @@ def train_foreign_generator(seed: int = 0, *, epochs: int = 1) -> Generator:
 
 
 def export_foreign_onnx(generator: Generator, path: Path) -> Path:
-    """Export with torch.onnx.export only (no dgmscan specs in the file): the scan must be told the
-    latent spec, as a user uploading someone else's ONNX file would."""
+    """Export with torch.onnx.export only (no dgmscan specs in the file), as someone else's pipeline
+    would: the scan has to infer the latent and output specs from the graph."""
     module = _WithTanh(generator.body).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes

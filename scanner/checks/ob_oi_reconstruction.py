@@ -122,7 +122,7 @@ class ReconstructionCheck(Check):
                 status, score, threshold = j.status, j.score, j.fail_threshold
             else:
                 status, score, threshold = "warn", math.nan, math.nan  # no usable control: cannot judge alone
-            closest_mean = closest.get(hint.name, math.nan)
+            closest_mean = closest[t]
             stealth = value / closest_mean if closest_mean > 0 else math.nan
             in_distribution = False
             if calibrated is not None and math.isfinite(value):
@@ -231,15 +231,20 @@ class ReconstructionCheck(Check):
         )
 
 
-def _closest_n_means(ctx: ScanContext) -> dict[str, float]:
-    """Per hint name, bf_oi.closest's best-of-N distance per element (empty when it did not run)."""
+def _closest_n_means(ctx: ScanContext) -> list[float]:
+    """Per hint (in ctx.targets order), bf_oi.closest's best-of-N distance per element; NaN where it did
+    not run or has no figure for that hint. Matched by position, since hint names may repeat."""
     result = ctx.results.get("bf_oi.closest")
     entries = (result.evidence or {}).get("targets") if result is not None and result.status != "error" else None
-    out: dict[str, float] = {}
-    for entry in entries if isinstance(entries, list) else []:
-        value = entry.get("closest_distance_mean") if isinstance(entry, dict) else None
+    out = [math.nan] * len(ctx.targets)
+    if not isinstance(entries, list) or len(entries) != len(ctx.targets):
+        return out
+    for t, (entry, hint) in enumerate(zip(entries, ctx.targets, strict=True)):
+        if not isinstance(entry, dict) or entry.get("target") != hint.name:
+            continue
+        value = entry.get("closest_distance_mean")
         if isinstance(value, (int, float)) and math.isfinite(value):
-            out[str(entry.get("target"))] = float(value)
+            out[t] = float(value)
     return out
 
 
