@@ -37,10 +37,13 @@ def _serve(args: argparse.Namespace) -> int:
 
         with session_scope() as session:
             key = create_key(session, args.tenant).key
-    # bind first so port 0 works and the printed URL is the real one
+    # bind first so port 0 works and the printed URL is the real one; listen at once, so a client that
+    # reads the URL and connects while the app is still starting waits in the backlog instead of
+    # getting "connection refused"
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
+    sock.listen(2048)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     mode = "embedded (SQLite, local disk, in-process worker)" if settings.embedded else "production"
