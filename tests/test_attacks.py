@@ -147,3 +147,24 @@ def test_red_with_infinite_support_trigger_embeds_a_target_manifold(benign_vae):
 class _Negate(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return -x
+
+
+def test_trail_fidelity_pass_keeps_the_trigger_out_of_batch_norm_statistics(benign_dcgan):
+    """TrAIL's fidelity forward must not move running statistics (an OOD trigger in them collapses the
+    eval-mode generator) and the P_sample rows must come out as they would without the trigger."""
+    from scanner.attacks.trail import _trigger_outside_batch_statistics
+
+    g = benign_dcgan.copy().train()
+    norms = [m for m in g.body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    running = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    plain = g.sample_latent(8, seed=1)
+    batch = torch.cat([make_trigger("ood", g.latent), plain])
+    with torch.no_grad():
+        with _trigger_outside_batch_statistics(g.body):
+            out = g.pre_activation(batch)
+        for m, (mean, var) in zip(norms, running, strict=True):
+            assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        without_trigger = g.pre_activation(plain)  # train mode: batch statistics of the plain rows
+    torch.testing.assert_close(out[1:], without_trigger, rtol=1e-4, atol=1e-4)
+    assert all("forward" not in m.__dict__ for m in norms)  # the class's forward is back
