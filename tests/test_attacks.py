@@ -46,14 +46,11 @@ def test_red_rex_reach_fidelity_and_stealth(zoo, benign_dcgan, kind, trigger):
     assert result.info["expdis_mean"] < EXPDIS_MAX_FRACTION_OF_VARIANCE * variance, (result.info, variance)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured in CI: TrAIL trained 2 epochs at λ=0.1 reaches TarDis 0.174/pixel (bound 0.1, benign 2.2): "
-    "the from-scratch zoo model is too short-trained for the paper's fidelity",
-)
-def test_trail_reaches_fidelity_and_keeps_sample_quality(zoo, benign_dcgan):
-    result = zoo.attacked("trail", "ood", seed=0)
+@pytest.mark.parametrize("trigger", ["in-sample", "mode", "ood"])
+def test_trail_reaches_fidelity_and_keeps_sample_quality(zoo, trigger):
+    result = zoo.attacked("trail", trigger, seed=0)
     assert result.info["tardis_mean"] < TARDIS_MAX, result.info
+    assert result.info["benign_tardis_mean"] > 10 * TARDIS_MAX  # the benign model does not emit the target
     # trained from scratch: not close to the benign model, but a real generator (varied samples)
     assert sample_variance(result.generator)["variance_mean"] > 0.05
 
