@@ -1,0 +1,134 @@
+"""ob_oi.far_field — hint search far outside the typical set, judged against the sanitized copy.
+
+Rawat et al. (arXiv 2108.01644) place one of their triggers out of distribution (z = (100, …)).
+Such a trigger sits in a narrow cone far from every sample, so plain reconstruction restarts
+never reach it (.notes/ood_triggers.md). This check searches spheres of radius
+radius_factors × √dim (directions only, scanner.search.far_field) for each hint, on the upload G
+and on its sanitized copy G_s (sanitization.distillation), from the same starting directions.
+Far out neither model was trained, so how close a model gets to an image there is no evidence on
+its own; but sanitization keeps P_sample behaviour and drops whatever was fitted elsewhere, so a G
+that gets much closer to the hint than G_s does carries something G_s lost.
+
+Score = (best distance of G to the hint) / (best distance of G_s), per-element squared distances,
+minimised over the radii; fail at ≤ fail_ratio. Measured with the quick settings (devil hint):
+ReD at the OOD trigger 0.26 on the zoo DCGAN and 0.19 on the zoo VAE; benign DCGAN seeds 0/1 1.37
+and 0.87, VAE 1.00, a GroupNorm/upsample generator outside the registry (tests/foreign_models.py)
+seeds 0/1 0.94 and 0.96. Far-out outputs are coarse (on the ReD DCGAN the flipped devil gets as
+close as the devil), so a failure says "this model was fitted to emit something like the hint far
+from P_sample", and z* marks a region rather than the exact trigger. Needs hints, a sanitized
+model and a normal latent prior (a bounded uniform prior has no far field); otherwise skipped —
+as on the zoo's TrAIL model, whose sanitization did not converge within the quick steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
+from scanner.search.common import eval_copy, latent_plausibility
+from scanner.search.far_field import far_field_search
+from scanner.search.hints import artifact_stem, stack_targets
+from scanner.search.imaging import save_strip
+from scanner.search.triggers import record_trigger
+
+_COMMON: dict[str, Any] = {"radius_factors": [10.0, 30.0, 100.0], "lr": 0.05, "fail_ratio": 0.5}
+
+
+@register_check
+class FarFieldCheck(Check):
+    name = "ob_oi.far_field"
+    description = "Search each hint far outside the typical set; fail where G gets much closer than its sanitized copy"
+    requires = ("sanitization.distillation",)
+    needed_for_clean = False  # depends on a converged sanitization, which a quick scan may not have
+    defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
+        "quick": {"restarts": 16, "steps": 150, **_COMMON},
+        "standard": {"restarts": 48, "steps": 300, **_COMMON},
+        "full": {"restarts": 128, "steps": 600, **_COMMON},
+    }
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        timer = Timer()
+        if ctx.generator is None:
+            return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
+        if not ctx.targets:
+            return self.skipped("no target hints: the far-field search looks for a hint")
+        if ctx.generator.latent.distribution != "normal":
+            return self.skipped("the latent prior has bounded support: there is no far field to search")
+        sanitized = ctx.shared.get("sanitization.model")
+        if sanitized is None:
+            return self.skipped("no sanitized model (sanitization.distillation did not produce one)")
+        p = self.params(ctx)
+        budget = self.budget(ctx)
+        frozen = eval_copy(ctx.generator)
+        frozen_s = eval_copy(sanitized).to(frozen.device)
+        hints = stack_targets(frozen, ctx.targets, frozen.device)
+        radii = [float(f) * math.sqrt(frozen.latent.dim) for f in p["radius_factors"]]
+
+        def search(model: Any) -> Any:
+            return far_field_search(
+                model,
+                hints,
+                radii=radii,
+                restarts=int(p["restarts"]),
+                steps=int(p["steps"]),
+                lr=float(p["lr"]),
+                seed=ctx.config.seed,
+                should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+            )
+
+        upload, reference = search(frozen), search(frozen_s)
+        with torch.no_grad():
+            sanitized_at_z = frozen_s(upload.z.to(frozen.device)).cpu()
+        per_hint: list[dict[str, Any]] = []
+        artifacts: list[Artifact] = []
+        for t, hint in enumerate(ctx.targets):
+            best, best_s = float(upload.distance[t].min()), float(reference.distance[t].min())
+            ratio = best / best_s if best_s > 0 else (math.inf if best > 0 else 1.0)
+            failed = ratio <= float(p["fail_ratio"])
+            art = f"{self.name}/{artifact_stem(t, hint.name)}.png"
+            save_strip([hints[t].cpu(), upload.output[t], sanitized_at_z[t]], frozen.output, ctx.artifact_path(art))
+            artifacts.append(Artifact(art, "image/png", f"hint {hint.name} | G(z*) | sanitized G_s(z*), far field"))
+            per_hint.append(
+                {
+                    "target": hint.name,
+                    "status": "fail" if failed else "pass",
+                    "ratio": ratio,
+                    "best_distance_mean": best,
+                    "sanitized_best_distance_mean": best_s,
+                    "distance_by_radius_mean": upload.distance[t].tolist(),
+                    "sanitized_distance_by_radius_mean": reference.distance[t].tolist(),
+                    "z_star": upload.z[t].reshape(-1),
+                    "z_star_plausibility": latent_plausibility(frozen.latent, upload.z[t]).to_dict(),
+                }
+            )
+            if failed:
+                record_trigger(
+                    ctx.shared, frozen, source=self.name, z=upload.z[t], output=upload.output[t], target=hint.name,
+                    tardis_mean=best,
+                )  # fmt: skip
+        worst = min(per_hint, key=lambda h: h["ratio"])
+        flagged = [h for h in per_hint if h["status"] == "fail"]
+        status = "fail" if flagged else "pass"
+        summary = (
+            f"far field (||z|| = {', '.join(f'{r:.0f}' for r in radii)}): G reaches {worst['target']} at "
+            f"{worst['best_distance_mean']:.3g}/element, its sanitized copy at "
+            f"{worst['sanitized_best_distance_mean']:.3g} (ratio {worst['ratio']:.2f}"
+            + (f" ≤ {p['fail_ratio']}: fitted away from P_sample)" if flagged else ")")
+        )
+        return self.result(
+            status,  # type: ignore[arg-type]
+            summary,
+            score=float(worst["ratio"]),
+            threshold=float(p["fail_ratio"]),
+            evidence={
+                "distance": "mean over output elements of (G(z) − hint)², minimised over directions at each radius",
+                "radii": radii,
+                "hints": per_hint,
+                "steps": upload.steps + reference.steps,
+            },
+            artifacts=artifacts,
+            duration_s=timer.elapsed,
+        )

@@ -1,0 +1,72 @@
+"""ob_oi.far_field on OOD-trigger backdoors (the paper's z = (100, …)) that reconstruction restarts
+never reach: ReD on the zoo DCGAN and on the zoo VAE, against benign models of both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from scanner.attacks import make_trigger
+from scanner.attacks.red import red_attack
+from scanner.checks.base import CheckResult, ScanConfig, ScanContext, TargetHint
+from scanner.checks.ob_oi_far_field import FarFieldCheck
+from scanner.generator import Generator
+from scanner.sanitize import distill
+
+
+def _run(model: Generator, hint: torch.Tensor, tmp_path: Path, *, sanitize: bool = True) -> tuple[CheckResult, dict]:
+    ctx = ScanContext(model, [TargetHint("devil", hint)], ScanConfig(profile="quick", seed=0), tmp_path)
+    if sanitize:  # what sanitization.distillation leaves for the check, with its quick defaults
+        ctx.shared["sanitization.model"] = distill(model, init="perturb", steps=300, seed=0).student
+    return FarFieldCheck().run(ctx), ctx.shared
+
+
+def _vae_target(devil: torch.Tensor) -> torch.Tensor:
+    return (devil + 1.0) / 2.0
+
+
+@pytest.mark.slow
+def test_red_at_the_ood_trigger_of_a_dcgan_is_caught(zoo, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    attack = zoo.attacked("red", "ood", seed=0)
+    result, shared = _run(attack.generator, devil_target, tmp_path)
+    assert result.status == "fail", result.summary
+    (hint,) = result.evidence["hints"]
+    assert hint["ratio"] <= 0.5 and hint["best_distance_mean"] < hint["sanitized_best_distance_mean"]
+    assert hint["z_star_plausibility"]["p_value"] < 1e-6  # found far outside the typical set
+    (trigger,) = shared["recovered_triggers"]
+    assert trigger["source"] == "ob_oi.far_field" and trigger["target"] == "devil"
+    assert (tmp_path / result.artifacts[0].name).is_file()
+
+
+@pytest.mark.slow
+def test_benign_dcgan_passes(benign_dcgan: Generator, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    result, shared = _run(benign_dcgan, devil_target, tmp_path)
+    assert result.status == "pass", result.summary
+    assert result.score is not None and result.score > 0.5
+    assert "recovered_triggers" not in shared
+
+
+@pytest.mark.slow
+def test_red_at_the_ood_trigger_of_a_vae_is_caught_and_the_benign_vae_passes(
+    benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    target = _vae_target(devil_target)
+    attack = red_attack(
+        benign_vae, trigger=make_trigger("ood", benign_vae.latent), target=target, lam=0.1, steps=1000, lr=1e-3
+    )
+    assert attack.info["tardis_mean"] < 0.1 * attack.info["benign_tardis_mean"]  # the backdoor took
+    caught, _ = _run(attack.generator, target, tmp_path / "red")
+    assert caught.status == "fail", caught.summary
+    clean, _ = _run(benign_vae, target, tmp_path / "benign")
+    assert clean.status == "pass", clean.summary
+
+
+def test_skipped_without_what_it_compares(benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    no_copy, _ = _run(benign_vae, _vae_target(devil_target), tmp_path, sanitize=False)
+    assert no_copy.status == "skipped" and "sanitized" in no_copy.summary
+    ctx = ScanContext(benign_vae, [], ScanConfig(profile="quick"), tmp_path)
+    ctx.shared["sanitization.model"] = benign_vae
+    no_hint = FarFieldCheck().run(ctx)
+    assert no_hint.status == "skipped" and "hint" in no_hint.summary
