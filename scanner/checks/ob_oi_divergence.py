@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 import torch
 
 from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.search.common import eval_copy, latent_plausibility, sample_block
+from scanner.checks.sanitization_common import frozen_with_sanitized_copy
+from scanner.search.common import latent_plausibility, sample_block
 from scanner.search.divergence import divergence_search
 from scanner.search.hints import stack_targets
 from scanner.search.imaging import save_strip
@@ -47,13 +48,12 @@ class DivergenceCheck(Check):
         timer = Timer()
         if ctx.generator is None:
             return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
-        sanitized = ctx.shared.get("sanitization.model")
-        if sanitized is None:
+        pair = frozen_with_sanitized_copy(ctx)
+        if pair is None:
             return self.skipped("no sanitized model (sanitization.distillation did not produce one)")
+        frozen, frozen_s = pair
         p = self.params(ctx)
         budget = self.budget(ctx)
-        frozen = eval_copy(ctx.generator)
-        frozen_s = eval_copy(sanitized).to(frozen.device)
         res = divergence_search(
             frozen,
             frozen_s,

@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 import torch
 
 from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.search.common import eval_copy, latent_plausibility
+from scanner.checks.sanitization_common import frozen_with_sanitized_copy
+from scanner.search.common import latent_plausibility
 from scanner.search.far_field import far_field_search
 from scanner.search.hints import artifact_stem, stack_targets
 from scanner.search.imaging import save_strip
@@ -57,13 +58,12 @@ class FarFieldCheck(Check):
             return self.skipped("no target hints: the far-field search looks for a hint")
         if ctx.generator.latent.distribution != "normal":
             return self.skipped("the latent prior has bounded support: there is no far field to search")
-        sanitized = ctx.shared.get("sanitization.model")
-        if sanitized is None:
+        pair = frozen_with_sanitized_copy(ctx)
+        if pair is None:
             return self.skipped("no sanitized model (sanitization.distillation did not produce one)")
+        frozen, frozen_s = pair
         p = self.params(ctx)
         budget = self.budget(ctx)
-        frozen = eval_copy(ctx.generator)
-        frozen_s = eval_copy(sanitized).to(frozen.device)
         hints = stack_targets(frozen, ctx.targets, frozen.device)
         radii = [float(f) * math.sqrt(frozen.latent.dim) for f in p["radius_factors"]]
 

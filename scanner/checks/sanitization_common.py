@@ -26,9 +26,22 @@ import torch
 from scanner.checks.base import Artifact, ScanContext
 from scanner.generator import Generator
 from scanner.sanitize import Distance, expected_distance, output_variance, target_distance
+from scanner.search.common import eval_copy
 
 SHARED_MODEL = "sanitization.model"
 SHARED_MODELS = "sanitization.models"
+
+
+def frozen_with_sanitized_copy(ctx: ScanContext) -> tuple[Generator, Generator] | None:
+    """The upload and its sanitized copy (SHARED_MODEL), both frozen in eval mode on the upload's
+    device, for the checks that compare the two; None when no sanitization produced a model."""
+    sanitized = ctx.shared.get(SHARED_MODEL)
+    if ctx.generator is None or sanitized is None:
+        return None
+    frozen = eval_copy(ctx.generator)
+    return frozen, eval_copy(sanitized).to(frozen.device)
+
+
 RECOVERED_TRIGGERS = "recovered_triggers"
 VARIANCE_FLOOR = 1e-6  # × squared output range: the least variance a tolerance is scaled from
 
