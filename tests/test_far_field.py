@@ -70,3 +70,14 @@ def test_skipped_without_what_it_compares(benign_vae: Generator, devil_target: t
     ctx.shared["sanitization.model"] = benign_vae
     no_hint = FarFieldCheck().run(ctx)
     assert no_hint.status == "skipped" and "hint" in no_hint.summary
+
+
+def test_a_search_cut_short_by_its_budget_is_an_error_not_a_verdict(
+    benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    """A copy searched for fewer steps looks farther from the hint: a cut-short run must not judge."""
+    config = ScanConfig(profile="quick", seed=0, budgets={"ob_oi.far_field": 0.0})
+    ctx = ScanContext(benign_vae, [TargetHint("devil", _vae_target(devil_target))], config, tmp_path)
+    ctx.shared["sanitization.model"] = benign_vae.copy()
+    result = FarFieldCheck().run(ctx)
+    assert result.status == "error" and "stopped early" in result.summary

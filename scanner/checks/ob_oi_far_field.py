@@ -80,6 +80,14 @@ class FarFieldCheck(Check):
             )
 
         upload, reference = search(frozen), search(frozen_s)
+        if not (upload.complete and reference.complete):
+            # a copy searched for fewer steps looks farther from the hint: judging would be unfair
+            return self.result(
+                "error",
+                f"far-field search stopped early ({upload.steps} + {reference.steps} of "
+                f"{2 * len(radii) * int(p['steps'])} steps): time budget or cancellation",
+                duration_s=timer.elapsed,
+            )
         with torch.no_grad():
             sanitized_at_z = frozen_s(upload.z.to(frozen.device)).cpu()
         per_hint: list[dict[str, Any]] = []

@@ -26,6 +26,7 @@ class FarFieldResult:
     z: torch.Tensor  # (T, *latent) the latent of each hint's overall best
     output: torch.Tensor  # (T, *out) G at that latent
     steps: int
+    complete: bool  # every radius ran all its steps (False: stopped by a budget or cancellation)
 
 
 def far_field_search(
@@ -76,4 +77,5 @@ def far_field_search(
     best_z = best_z.reshape(n_targets, *generator.latent.shape)
     with torch.no_grad():
         output = generator(best_z.to(device)).cpu()
-    return FarFieldResult(radii=list(radii), distance=distance, z=best_z, output=output, steps=done)
+    complete = done == len(radii) * steps
+    return FarFieldResult(radii=list(radii), distance=distance, z=best_z, output=output, steps=done, complete=complete)
