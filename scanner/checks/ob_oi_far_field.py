@@ -29,8 +29,9 @@ import torch
 
 from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.checks.sanitization_common import frozen_with_sanitized_copy
+from scanner.generator import Generator
 from scanner.search.common import latent_plausibility
-from scanner.search.far_field import far_field_search
+from scanner.search.far_field import FarFieldResult, far_field_search
 from scanner.search.hints import artifact_stem, stack_targets
 from scanner.search.imaging import save_strip
 from scanner.search.triggers import record_trigger
@@ -67,7 +68,7 @@ class FarFieldCheck(Check):
         hints = stack_targets(frozen, ctx.targets, frozen.device)
         radii = [float(f) * math.sqrt(frozen.latent.dim) for f in p["radius_factors"]]
 
-        def search(model: Any) -> Any:
+        def search(model: Generator) -> FarFieldResult:
             return far_field_search(
                 model,
                 hints,
