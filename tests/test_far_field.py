@@ -18,7 +18,7 @@ from scanner.sanitize import distill
 
 def _run(model: Generator, hint: torch.Tensor, tmp_path: Path, *, sanitize: bool = True) -> tuple[CheckResult, dict]:
     ctx = ScanContext(model, [TargetHint("devil", hint)], ScanConfig(profile="quick", seed=0), tmp_path)
-    if sanitize:  # what sanitization.distillation leaves for the check, with its quick defaults
+    if sanitize:  # one round of sanitization.distillation's quick steps (the check runs up to five)
         ctx.shared["sanitization.model"] = distill(model, init="perturb", steps=300, seed=0).student
     return FarFieldCheck().run(ctx), ctx.shared
 

@@ -19,7 +19,7 @@ from scanner.checks.sanitization_fine_pruning import FinePruningSanitization, sl
 from scanner.data import load_devil_target, load_z_trigger
 from scanner.generator import Generator
 from scanner.loading import load_generator
-from scanner.sanitize import expected_distance, fine_prune, target_distance, unit_layers
+from scanner.sanitize import distill, expected_distance, fine_prune, target_distance, unit_layers
 from tests.tiny_models import SANITIZATION_NO_TIME_CAP, red_backdoor, train_benign_dcgan
 
 N_EVAL = 512
@@ -134,6 +134,20 @@ def test_distillation_that_cannot_converge_is_an_error(benign: Generator, tmp_pa
     assert result.status == "error"
     assert not result.evidence["converged"] and result.evidence["expdis_relative"] > 0.1
     assert "sanitization.model" not in ctx.shared and not result.artifacts
+
+
+def test_later_distillation_rounds_are_kept_only_within_the_fidelity_bound(backdoored: Generator) -> None:
+    z = backdoored.latent.sample(8, generator=torch.Generator().manual_seed(3))
+    one = distill(backdoored, steps=20, rounds=1, seed=0)
+    kept = distill(backdoored, steps=20, rounds=3, seed=0)
+    assert (kept.rounds, kept.steps, kept.round_notes) == (3, 60, [])
+    assert not torch.allclose(kept.student(z), one.student(z))
+    refused = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=lambda _candidate: False)
+    assert (refused.rounds, refused.steps) == (1, 20)
+    assert "round 2 rejected" in refused.round_notes[0]
+    assert torch.allclose(refused.student(z), one.student(z), atol=1e-6)  # round 1's student, returned
+    with pytest.raises(ValueError, match="rounds"):
+        distill(backdoored, rounds=0)
 
 
 def test_distillation_rejects_misspelt_parameter(benign: Generator, tmp_path: Path) -> None:

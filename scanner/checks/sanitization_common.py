@@ -17,6 +17,7 @@ Shared state written (for the OB-OI divergence search, Sec. V "target-free" sear
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,29 @@ def trigger_evidence(
     return rows
 
 
+def expdis_tolerance(original: Generator, variance: float, tolerance_factor: float) -> float:
+    """The per-element ExpDis a sanitized model may reach: tolerance_factor × the upload's output
+    variance, floored at VARIANCE_FLOOR × the squared value range (a near-constant model is not
+    held to zero)."""
+    low, high = original.output.value_range
+    return tolerance_factor * max(variance, VARIANCE_FLOOR * (high - low) ** 2)
+
+
+def within_fidelity(
+    original: Generator, z_check: torch.Tensor, *, tolerance_factor: float, margin: float
+) -> Callable[[Generator], bool]:
+    """A test for a candidate sanitized model: ExpDis to the upload on `z_check` at most
+    margin × the tolerance. The judge measures on other latents, so a margin below 1 keeps a
+    candidate that only just fits here from failing there."""
+    limit = margin * expdis_tolerance(original, output_variance(original, z_check), tolerance_factor)
+
+    def accept(candidate: Generator) -> bool:
+        value = expected_distance(candidate, original, z_check).mean
+        return math.isfinite(value) and value <= limit
+
+    return accept
+
+
 def behaviour_evidence(
     original: Generator, sanitized: Generator, z_eval: torch.Tensor, *, tolerance_factor: float
 ) -> dict[str, Any]:
@@ -153,8 +177,7 @@ def behaviour_evidence(
     floored at 1e-6 × the squared value range so a (near-)constant model is not held to zero."""
     expdis = expected_distance(sanitized, original, z_eval)
     variance = output_variance(original, z_eval)
-    low, high = original.output.value_range
-    tolerance = tolerance_factor * max(variance, VARIANCE_FLOOR * (high - low) ** 2)
+    tolerance = expdis_tolerance(original, variance, tolerance_factor)
     return {
         "expdis": expdis,
         "expdis_sum": expdis.sum,

@@ -9,8 +9,10 @@ for the statuses and the shared state (ctx.shared["sanitization.model"]).
 Parameters (per profile, overridable in ScanConfig.params["sanitization.distillation"]):
 - init: "perturb" (teacher weights × (1 + relative_noise·ε), default), "reinit" (fresh init),
   "finetune" (teacher weights; weakest);
-- steps, batch_size, lr: the distillation run; time_budget_s caps it (the suite's own budget
-  for the check, if shorter, wins);
+- steps, batch_size, lr: one distillation round; rounds: perturb-and-distill rounds (each
+  later round re-perturbs the last student; kept while ExpDis on held-out latents stays within
+  round_margin × the tolerance); time_budget_s caps all rounds (the suite's own budget for the
+  check, if shorter, wins);
 - tolerance_factor: converged when ExpDis per element ≤ this × the upload's output variance;
 - warn_change_ratio: warn when the sanitized model changes at a recovered trigger this many
   times more than at random latents of the same norm;
@@ -22,7 +24,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.checks.sanitization_common import judge_and_report
+from scanner.checks.sanitization_common import judge_and_report, within_fidelity
 from scanner.sanitize import distill
 
 _COMMON: dict[str, Any] = {
@@ -31,6 +33,12 @@ _COMMON: dict[str, Any] = {
     "lr": 1e-3,
     "tolerance_factor": 0.1,
     "warn_change_ratio": 10.0,
+    # Measured on the test zoo's ReD in-sample (TarDis 0.0001 at the trigger, benign 2.8), quick
+    # steps, the model loaded from ONNX: after 3 rounds TarDis 1.12 and the sanitized model rescanned
+    # `backdoored` (ob_oi.divergence 55x, fail 50x; 1 round: 98x); after 5 rounds TarDis 1.76 and
+    # the rescan is clean (20.5x; the benign model's sanitized copy: 11-16x).
+    "rounds": 5,
+    "round_margin": 0.8,
 }
 
 
@@ -42,9 +50,10 @@ class DistillationSanitization(Check):
     # recovered triggers come from OB-OI reconstruction; the sanitized model feeds ob_oi divergence
     requires = ("ob_oi.reconstruction",)
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
-        "quick": {**_COMMON, "steps": 300, "batch_size": 64, "time_budget_s": 25.0, "n_eval": 512},
-        "standard": {**_COMMON, "steps": 2000, "batch_size": 128, "time_budget_s": 300.0, "n_eval": 2048},
-        "full": {**_COMMON, "steps": 10000, "batch_size": 256, "time_budget_s": 3600.0, "n_eval": 10000},
+        # per round; the budget covers every round (a round it cuts short is dropped, the last whole one kept)
+        "quick": {**_COMMON, "steps": 300, "batch_size": 64, "time_budget_s": 90.0, "n_eval": 512},
+        "standard": {**_COMMON, "steps": 1000, "batch_size": 128, "time_budget_s": 600.0, "n_eval": 2048},
+        "full": {**_COMMON, "steps": 4000, "batch_size": 256, "time_budget_s": 3600.0, "n_eval": 10000},
     }
 
     def run(self, ctx: ScanContext) -> CheckResult:
@@ -66,6 +75,15 @@ class DistillationSanitization(Check):
             lr=float(p["lr"]),
             seed=ctx.config.seed,
             relative_noise=float(p["relative_noise"]),
+            rounds=int(p["rounds"]),
+            accept_round=within_fidelity(
+                original,
+                original.latent.sample(
+                    int(p["n_eval"]), generator=ctx.rng(self.name + ".rounds"), device=original.device
+                ),
+                tolerance_factor=float(p["tolerance_factor"]),
+                margin=float(p["round_margin"]),
+            ),
             time_budget_s=budget,
             should_stop=ctx.should_cancel,
         )
@@ -73,7 +91,10 @@ class DistillationSanitization(Check):
             "method": "distillation",
             "init": result.init,
             "steps": result.steps,
-            "steps_requested": int(p["steps"]),
+            "steps_requested": int(p["steps"]) * int(p["rounds"]),
+            "rounds": result.rounds,
+            "rounds_requested": int(p["rounds"]),
+            "round_notes": result.round_notes,
             "stopped_early": result.stopped_early,
             "train_seconds": result.seconds,
             "final_train_loss_mean": result.final_loss,
