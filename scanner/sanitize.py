@@ -125,13 +125,33 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def _unit_axes(module: nn.Module) -> dict[int, int]:
+    """id(weight) -> the axis of its output units, for every weight layer's weight."""
+    axes: dict[int, int] = {}
+    for m in module.modules():
+        if isinstance(m, WEIGHT_LAYER_TYPES):
+            axes[id(m.weight)] = 1 if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d)) else 0
+    return axes
+
+
 @torch.no_grad()
 def _perturb(module: nn.Module, relative_noise: float, generator: torch.Generator) -> None:
-    """Multiply every trainable parameter (weight layers, norm scale/shift) by (1 + σ·ε):
-    relative noise keeps each tensor's scale."""
+    """Multiply every trainable parameter (weight layers, norm scale/shift) by (1 + σ·ε), then give
+    each output unit of a weight layer back its weight norm: the noise turns a unit's weights, it
+    does not rescale them. (Repeated rounds of plain multiplicative noise spread the units' norms
+    until static.bias_outliers flagged one of the sanitized model's units, z 5.17 > 5.11.)"""
+    axes = _unit_axes(module)
     for p in trainable_parameters(module):
         noise = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
+        axis = axes.get(id(p))
+        if axis is None or p.dim() < 2:
+            p.mul_(1.0 + relative_noise * noise)
+            continue
+        dims = [d for d in range(p.dim()) if d != axis]
+        before = torch.linalg.vector_norm(p, dim=dims, keepdim=True)
         p.mul_(1.0 + relative_noise * noise)
+        after = torch.linalg.vector_norm(p, dim=dims, keepdim=True)
+        p.mul_(torch.where(after > 0, before / after.clamp_min(torch.finfo(p.dtype).tiny), torch.ones_like(after)))
 
 
 def make_student(teacher: Generator, init: StudentInit, *, seed: int, relative_noise: float = 0.5) -> Generator:
