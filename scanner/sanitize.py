@@ -15,7 +15,8 @@ checked). Sanitization keeps exactly that and nothing else:
   P_sample behaviour is pulled back every round, the unsupervised trigger region is knocked
   further each time. One round of "perturb" left a ReD in-sample backdoor half there (TarDis at
   the trigger 0.35/pixel, benign 2.8) and the sanitized model did not rescan clean; three rounds
-  reach 2.1 (figures in .notes/sanitization.md).
+  reach 2.1 on the torch body, five reach 1.76 on the same model loaded from ONNX (figures in
+  .notes/sanitization.md; sanitization.distillation runs five).
 - **Fine-pruning** (`fine_prune`, Liu et al. RAID 2018, as adapted in the paper's Sec. V): units
   that are dormant on P_sample (a ReX attack's extra units, sleeper neurons) are pruned, then
   the pruned model is fine-tuned with the same distillation loss.
