@@ -34,9 +34,10 @@ _COMMON: dict[str, Any] = {
     "tolerance_factor": 0.1,
     "warn_change_ratio": 10.0,
     # Measured on the test zoo's ReD in-sample (TarDis 0.0001 at the trigger, benign 2.8), quick
-    # steps, the model loaded from ONNX: after 3 rounds TarDis 1.12 and the sanitized model rescanned
-    # `backdoored` (ob_oi.divergence 55x, fail 50x; 1 round: 98x); after 5 rounds TarDis 1.76 and
-    # the rescan is clean (20.5x; the benign model's sanitized copy: 11-16x).
+    # steps, the model loaded from ONNX: after 3 rounds TarDis 1.12 and the sanitized model's rescan
+    # failed ob_oi.divergence (55x, fail 50x; 1 round: 98x); after 5 rounds TarDis 1.76 and 20.5x
+    # (the benign model's sanitized copy: 11-16x). Not robust: a second build of the same zoo model
+    # reached TarDis 1.53 after 5 rounds, yet its rescan still scored 81x (.notes/sanitization.md).
     "rounds": 5,
     "round_margin": 0.8,
 }
