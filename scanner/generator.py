@@ -44,9 +44,13 @@ class LayerInfo:
         return getattr(self.module, "bias", None)
 
     @property
+    def unit_axis(self) -> int:
+        """The weight's axis of output units (torch stores ConvTranspose weights as in × out)."""
+        return 1 if self.kind.startswith("convtranspose") else 0
+
+    @property
     def out_units(self) -> int:
-        w = self.weight
-        return w.shape[1] if self.kind.startswith("convtranspose") else w.shape[0]
+        return self.weight.shape[self.unit_axis]
 
     @property
     def in_units(self) -> int:
@@ -65,6 +69,15 @@ class LayerInfo:
 
 def _layer_kind(module: nn.Module) -> str:
     return type(module).__name__.lower()
+
+
+def weight_layers(body: nn.Module) -> list[LayerInfo]:
+    """The weight-bearing modules of a body (Linear / Conv / ConvTranspose) in registration order."""
+    return [
+        LayerInfo(name=name, module=m, kind=_layer_kind(m))
+        for name, m in body.named_modules()
+        if isinstance(m, WEIGHT_LAYER_TYPES)
+    ]
 
 
 class Generator(nn.Module):
@@ -117,11 +130,7 @@ class Generator(nn.Module):
     # -- structure --------------------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
         """Weight-bearing layers (Linear / Conv / ConvTranspose) in registration order."""
-        return [
-            LayerInfo(name=name, module=m, kind=_layer_kind(m))
-            for name, m in self.body.named_modules()
-            if isinstance(m, WEIGHT_LAYER_TYPES)
-        ]
+        return weight_layers(self.body)
 
     def iter_activation_modules(self) -> Iterator[tuple[str, nn.Module]]:
         """Modules whose outputs are unit activations (for hooks in dynamic checks)."""

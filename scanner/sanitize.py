@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from scanner.generator import WEIGHT_LAYER_TYPES, Generator
+from scanner.generator import WEIGHT_LAYER_TYPES, Generator, weight_layers
 
 StudentInit = Literal["reinit", "perturb", "finetune"]
 ShouldStop = Callable[[], bool]
@@ -126,15 +126,6 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def _unit_axes(module: nn.Module) -> dict[int, int]:
-    """id(weight) -> the axis of its output units, for every weight layer's weight."""
-    axes: dict[int, int] = {}
-    for m in module.modules():
-        if isinstance(m, WEIGHT_LAYER_TYPES):
-            axes[id(m.weight)] = 1 if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d)) else 0
-    return axes
-
-
 @torch.no_grad()
 def _perturb(module: nn.Module, relative_noise: float, generator: torch.Generator) -> None:
     """Multiply every trainable parameter (weight layers, norm scale/shift) by (1 + σ·ε), then give
@@ -142,7 +133,7 @@ def _perturb(module: nn.Module, relative_noise: float, generator: torch.Generato
     does not rescale them. (Repeated rounds of plain multiplicative noise spread the units' norms
     until static.bias_outliers flagged one of the sanitized model's units, z 5.17 > 5.11; with this
     that build rescanned without the flag, a second build of the model still had one, z 7.0.)"""
-    axes = _unit_axes(module)
+    axes = {id(layer.weight): layer.unit_axis for layer in weight_layers(module)}
     for p in trainable_parameters(module):
         noise = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
         axis = axes.get(id(p))
