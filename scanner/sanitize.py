@@ -177,6 +177,7 @@ class DistillResult:
     loss_curve: list[float] = field(default_factory=list)  # every ~10% of steps
     rounds: int = 1  # perturb-and-distill rounds whose student was kept (see `distill`)
     round_notes: list[str] = field(default_factory=list)  # why rounds stopped, if before `rounds`
+    round_steps: list[int] = field(default_factory=list)  # steps each kept round took (see `distill`)
 
 
 def _set_trainable(student: Generator) -> list[nn.Parameter]:
@@ -267,61 +268,85 @@ def distill(
     relative_noise: float = 0.5,
     rounds: int = 1,
     accept_round: Callable[[Generator], bool] | None = None,
+    max_round_steps: int | None = None,
     time_budget_s: float | None = None,
     should_stop: ShouldStop | None = None,
 ) -> DistillResult:
     """Sanitize by distillation on P_sample (paper Sec. V): a new student, the teacher untouched.
 
     Round 1 starts from `init`; each further round perturbs the previous student (relative noise
-    as for "perturb") and distils it from `teacher` again for `steps` steps. A later round is
-    kept only if it ran to the end (time budget, cancellation) and `accept_round(student)` holds
-    (the caller's fidelity bound, e.g. ExpDis within tolerance); otherwise the previous round's
-    student is returned. The time budget covers all rounds.
+    as for "perturb") and distils it from `teacher` again for `steps` steps. With `accept_round`
+    (the caller's fidelity bound, e.g. ExpDis within tolerance), a round whose student does not
+    meet it after `steps` trains on in further chunks of `steps` (a fresh learning-rate schedule
+    each) up to `max_round_steps` in all: a weak or nearly mode-collapsed upload has little
+    output variance, so its tolerance is tight and 300 steps do not reach it. A later round is
+    kept only if it ran to the end (time budget, cancellation) and met the bound; otherwise the
+    previous round's student is returned. If round 1 never meets the bound no further round runs
+    (it is returned for the caller to judge). The time budget covers all rounds.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}")
+    round_cap = steps if max_round_steps is None else max_round_steps
+    if round_cap < steps:
+        raise ValueError(f"max_round_steps ({round_cap}) must be at least steps ({steps})")
     t0 = time.perf_counter()
 
     def remaining() -> float | None:
         return None if time_budget_s is None else time_budget_s - (time.perf_counter() - t0)
 
-    student = make_student(teacher, init, seed=seed, relative_noise=relative_noise)
-    result = distill_into(
-        student,
-        teacher,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed + 1,
-        time_budget_s=remaining(),
-        should_stop=should_stop,
-    )
-    notes: list[str] = []
-    for k in range(2, rounds + 1):
-        if result.stopped_early:
-            break
-        budget = remaining()
-        if budget is not None and budget <= 0:
-            notes.append(f"round {k} not started: time budget spent")
-            break
-        again = make_student(result.student, "perturb", seed=seed + 1000 * k, relative_noise=relative_noise)
-        again.metadata = {**again.metadata, "sanitization_init": result.init}
-        candidate = distill_into(
-            again,
+    def train_round(student: Generator, round_seed: int) -> tuple[DistillResult, bool]:
+        """Distil `student` for `steps`, then in further chunks until accepted or at the cap."""
+        result = distill_into(
+            student,
             teacher,
             steps=steps,
             batch_size=batch_size,
             lr=lr,
-            seed=seed + 1000 * k + 1,
-            time_budget_s=budget,
+            seed=round_seed,
+            time_budget_s=remaining(),
             should_stop=should_stop,
         )
+        while True:
+            accepted = accept_round is None or accept_round(result.student)
+            if accepted or result.stopped_early or result.steps >= round_cap:
+                return result, accepted
+            more = distill_into(
+                result.student,
+                teacher,
+                steps=min(steps, round_cap - result.steps),
+                batch_size=batch_size,
+                lr=lr,
+                seed=round_seed + 7919 * result.steps,  # new batches, not a replay of the first chunk
+                time_budget_s=remaining(),
+                should_stop=should_stop,
+            )
+            result.steps += more.steps
+            result.nonfinite_steps += more.nonfinite_steps
+            result.loss_curve += more.loss_curve
+            result.final_loss = more.final_loss
+            result.stopped_early = more.stopped_early
+
+    result, accepted = train_round(make_student(teacher, init, seed=seed, relative_noise=relative_noise), seed + 1)
+    result.round_steps = [result.steps]
+    notes: list[str] = []
+    if not accepted and not result.stopped_early:
+        notes.append(f"round 1 did not meet the fidelity bound in {result.steps} steps: no further rounds")
+    for k in range(2, rounds + 1):
+        if result.stopped_early or not accepted:
+            break
+        if (budget := remaining()) is not None and budget <= 0:
+            notes.append(f"round {k} not started: time budget spent")
+            break
+        again = make_student(result.student, "perturb", seed=seed + 1000 * k, relative_noise=relative_noise)
+        again.metadata = {**again.metadata, "sanitization_init": result.init}
+        candidate, candidate_accepted = train_round(again, seed + 1000 * k + 1)
         if candidate.stopped_early:
             notes.append(f"round {k} cut short (time budget or cancellation): kept round {k - 1}")
             break
-        if accept_round is not None and not accept_round(candidate.student):
-            notes.append(f"round {k} rejected by the fidelity bound: kept round {k - 1}")
+        if not candidate_accepted:
+            notes.append(f"round {k} rejected by the fidelity bound after {candidate.steps} steps: kept round {k - 1}")
             break
+        candidate.round_steps = [*result.round_steps, candidate.steps]
         candidate.steps += result.steps
         candidate.nonfinite_steps += result.nonfinite_steps
         candidate.loss_curve = result.loss_curve + candidate.loss_curve

@@ -7,7 +7,9 @@ backdoor (distillation + λ·fidelity at the paper's z_trigger with the devil ta
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -127,7 +129,7 @@ def test_distillation_that_cannot_converge_is_an_error(benign: Generator, tmp_pa
     ctx = ScanContext(
         generator=benign,
         targets=[],
-        config=ScanConfig(params={"sanitization.distillation": {"init": "reinit", "steps": 2}}),
+        config=ScanConfig(params={"sanitization.distillation": {"init": "reinit", "steps": 2, "max_round_steps": 2}}),
         artifacts_dir=tmp_path,
     )
     result = DistillationSanitization().run(ctx)
@@ -136,18 +138,40 @@ def test_distillation_that_cannot_converge_is_an_error(benign: Generator, tmp_pa
     assert "sanitization.model" not in ctx.shared and not result.artifacts
 
 
+def _answers(*verdicts: bool) -> Callable[[Generator], bool]:
+    """A fidelity bound that gives these answers in turn, then refuses."""
+    answers = itertools.chain(verdicts, itertools.repeat(False))
+    return lambda _candidate: next(answers)
+
+
 def test_later_distillation_rounds_are_kept_only_within_the_fidelity_bound(backdoored: Generator) -> None:
     z = backdoored.latent.sample(8, generator=torch.Generator().manual_seed(3))
     one = distill(backdoored, steps=20, rounds=1, seed=0)
     kept = distill(backdoored, steps=20, rounds=3, seed=0)
-    assert (kept.rounds, kept.steps, kept.round_notes) == (3, 60, [])
+    assert (kept.rounds, kept.steps, kept.round_steps, kept.round_notes) == (3, 60, [20, 20, 20], [])
     assert not torch.allclose(kept.student(z), one.student(z))
-    refused = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=lambda _candidate: False)
+    refused = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=_answers(True))
     assert (refused.rounds, refused.steps) == (1, 20)
     assert "round 2 rejected" in refused.round_notes[0]
     assert torch.allclose(refused.student(z), one.student(z), atol=1e-6)  # round 1's student, returned
     with pytest.raises(ValueError, match="rounds"):
         distill(backdoored, rounds=0)
+    with pytest.raises(ValueError, match="max_round_steps"):
+        distill(backdoored, steps=20, max_round_steps=10)
+
+
+def test_a_distillation_round_short_of_the_bound_trains_on_up_to_its_cap(backdoored: Generator) -> None:
+    # round 1 is refused twice (20 + 20 + 20 steps), round 2 once (20 + 20)
+    bound = _answers(False, False, True, False, True)
+    extended = distill(backdoored, steps=20, rounds=2, seed=0, accept_round=bound, max_round_steps=100)
+    assert (extended.rounds, extended.round_steps, extended.steps, extended.round_notes) == (2, [60, 40], 100, [])
+    # a round 1 that never meets the bound stops at its cap and no later round runs
+    never = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=lambda _c: False, max_round_steps=50)
+    assert (never.rounds, never.round_steps) == (1, [50])
+    assert never.round_notes == ["round 1 did not meet the fidelity bound in 50 steps: no further rounds"]
+    # without a cap a round is one chunk, as before
+    plain = distill(backdoored, steps=20, rounds=1, seed=0, accept_round=lambda _c: False)
+    assert plain.round_steps == [20]
 
 
 def test_distillation_rejects_misspelt_parameter(benign: Generator, tmp_path: Path) -> None:

@@ -11,8 +11,10 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   "finetune" (teacher weights; weakest);
 - steps, batch_size, lr: one distillation round; rounds: perturb-and-distill rounds (each
   later round re-perturbs the last student; kept while ExpDis on held-out latents stays within
-  round_margin × the tolerance); time_budget_s caps all rounds (the suite's own budget for the
-  check, if shorter, wins);
+  round_margin × the tolerance); max_round_steps: a round short of that bound after `steps`
+  trains on in chunks of `steps` up to this many, never fewer than `steps` (a weak upload with
+  little output variance has a tight tolerance); time_budget_s caps all rounds (the suite's own
+  budget for the check, if shorter, wins);
 - tolerance_factor: converged when ExpDis per element ≤ this × the upload's output variance;
 - warn_change_ratio: warn when the sanitized model changes at a recovered trigger this many
   times more than at random latents of the same norm;
@@ -52,9 +54,30 @@ class DistillationSanitization(Check):
     requires = ("ob_oi.reconstruction",)
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         # per round; the budget covers every round (a round it cuts short is dropped, the last whole one kept)
-        "quick": {**_COMMON, "steps": 300, "batch_size": 64, "time_budget_s": 90.0, "n_eval": 512},
-        "standard": {**_COMMON, "steps": 1000, "batch_size": 128, "time_budget_s": 600.0, "n_eval": 2048},
-        "full": {**_COMMON, "steps": 4000, "batch_size": 256, "time_budget_s": 3600.0, "n_eval": 10000},
+        "quick": {
+            **_COMMON,
+            "steps": 300,
+            "max_round_steps": 1800,
+            "batch_size": 64,
+            "time_budget_s": 90.0,
+            "n_eval": 512,
+        },
+        "standard": {
+            **_COMMON,
+            "steps": 1000,
+            "max_round_steps": 6000,
+            "batch_size": 128,
+            "time_budget_s": 600.0,
+            "n_eval": 2048,
+        },
+        "full": {
+            **_COMMON,
+            "steps": 4000,
+            "max_round_steps": 24000,
+            "batch_size": 256,
+            "time_budget_s": 3600.0,
+            "n_eval": 10000,
+        },
     }
 
     def run(self, ctx: ScanContext) -> CheckResult:
@@ -77,6 +100,8 @@ class DistillationSanitization(Check):
             seed=ctx.config.seed,
             relative_noise=float(p["relative_noise"]),
             rounds=int(p["rounds"]),
+            # a cap below `steps` (steps raised alone) means "no extension", not an error
+            max_round_steps=max(int(p["max_round_steps"]), int(p["steps"])),
             accept_round=within_fidelity(
                 original,
                 original.latent.sample(
@@ -96,6 +121,7 @@ class DistillationSanitization(Check):
             "rounds": result.rounds,
             "rounds_requested": int(p["rounds"]),
             "round_notes": result.round_notes,
+            "round_steps": result.round_steps,
             "stopped_early": result.stopped_early,
             "train_seconds": result.seconds,
             "final_train_loss_mean": result.final_loss,
