@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.sanitization_common import expdis_tolerance
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.checks.sanitization_fine_pruning import FinePruningSanitization, sleeper_units_by_layer
 from scanner.data import load_devil_target, load_z_trigger
@@ -229,3 +230,10 @@ def test_sleeper_units_shapes() -> None:
     assert sleeper_units_by_layer({"4": [1, 2], "x": "bad"}) == {"4": [1, 2]}
     assert sleeper_units_by_layer([{"layer": "0", "unit": 3}, {"layer": "0", "units": [4, True]}, 5]) == {"0": [3, 4]}
     assert sleeper_units_by_layer(None) == {}
+
+
+def test_expdis_tolerance_is_relative_to_the_output_variance_down_to_one_delivered_level(benign: Generator) -> None:
+    assert benign.output.kind == "image" and benign.output.value_range == (-1.0, 1.0)
+    assert expdis_tolerance(benign, 0.2, 0.1) == pytest.approx(0.02)
+    # a (nearly) mode-collapsed upload is held to one 8-bit grey level RMS, not to a tenth of its variance
+    assert expdis_tolerance(benign, 7e-5, 0.1) == pytest.approx((2 / 255) ** 2)

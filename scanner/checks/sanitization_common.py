@@ -44,7 +44,9 @@ def frozen_with_sanitized_copy(ctx: ScanContext) -> tuple[Generator, Generator] 
 
 
 RECOVERED_TRIGGERS = "recovered_triggers"
-VARIANCE_FLOOR = 1e-6  # × squared output range: the least variance a tolerance is scaled from
+# Output levels of the format a generator's output is delivered in: 8-bit images, 16-bit PCM audio.
+# An ExpDis below one level (RMS) is no difference a user of the output could see or hear.
+DELIVERED_LEVELS = {"image": 255, "audio": 65535}
 
 
 @dataclass
@@ -148,10 +150,14 @@ def trigger_evidence(
 
 def expdis_tolerance(original: Generator, variance: float, tolerance_factor: float) -> float:
     """The per-element ExpDis a sanitized model may reach: tolerance_factor × the upload's output
-    variance, floored at VARIANCE_FLOOR × the squared value range (a near-constant model is not
-    held to zero)."""
+    variance, but never less than one delivered output level squared ((range / 255)² for images).
+
+    The floor matters for (nearly) mode-collapsed uploads: the bench's poisoned DCGAN has an output
+    variance of 7e-5/pixel, so 0.1 × variance asked for 7e-6, a third of a grey level RMS, which
+    1800 distillation steps did not reach (9.3e-6) although the student was indistinguishable."""
     low, high = original.output.value_range
-    return tolerance_factor * max(variance, VARIANCE_FLOOR * (high - low) ** 2)
+    level = (high - low) / DELIVERED_LEVELS.get(original.output.kind, DELIVERED_LEVELS["audio"])
+    return max(tolerance_factor * variance, level**2)
 
 
 def within_fidelity(
@@ -268,7 +274,8 @@ def judge_and_report(
         return check.result(
             "error",
             f"sanitization did not converge: ExpDis {behaviour['expdis_mean']:.3g}/element > tolerance "
-            f"{behaviour['expdis_tolerance_mean']:.3g} ({tolerance_factor:g}× output variance); no sanitized model",
+            f"{behaviour['expdis_tolerance_mean']:.3g} ({tolerance_factor:g}× output variance, at least one output "
+            "level squared); no sanitized model",
             score=score,
             threshold=warn_change_ratio,
             evidence=evidence,
