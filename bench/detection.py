@@ -20,6 +20,8 @@ TarDis_mean ≤ REPRODUCED_TARDIS_MEAN.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -42,6 +44,16 @@ STATUS_RANK = {"pass": 0, "warn": 1, "fail": 2}
 LOWER_IS_SUSPICIOUS = ("bf_oi.closest", "ob_oi.reconstruction", "ob_oi.gradient_free")
 REPRODUCED_TARDIS_MEAN = 0.05  # per element on a [-1, 1] image (RMS error ≈ 0.22): visibly the target
 FPR_POINTS = (0.01, 0.05)
+SCANNER_DIR = Path(__file__).resolve().parent.parent / "scanner"
+
+
+def _scanner_source_digest() -> str:
+    """A digest of the scanner package's source: part of the scan-cache key."""
+    digest = hashlib.sha256()
+    for path in sorted(SCANNER_DIR.rglob("*.py")):
+        digest.update(path.relative_to(SCANNER_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def scan_entry(
@@ -144,17 +156,19 @@ def run_detection(
 ) -> list[dict[str, Any]]:
     """Scan every entry with and without hints (in `jobs` worker processes); artifacts go to a scratch folder."""
     import concurrent.futures as cf
-    import hashlib
-    import json
     import multiprocessing as mp
 
     scratch = Path(out_dir) / "scan-artifacts"
-    # Finished scan records are cached per (model, hints, scan config), so an interrupted or partial
-    # run (e.g. before the slow from-scratch attacks are built) is resumed, not repeated.
+    # Finished scan records are cached per (model, hints, scan config, scanner source), so an
+    # interrupted or partial run (e.g. before the slow from-scratch attacks are built) is resumed,
+    # not repeated, while a changed check is scanned again.
     cache = Path(out_dir) / "scans"
     cache.mkdir(parents=True, exist_ok=True)
     cfg_key = hashlib.sha256(
-        json.dumps([config.profile, config.seed, config.device, config.skip, config.params], sort_keys=True).encode()
+        json.dumps(
+            [config.profile, config.seed, config.device, config.skip, config.params, _scanner_source_digest()],
+            sort_keys=True,
+        ).encode()
     ).hexdigest()[:12]
 
     def cached(e: ZooEntry, h: bool) -> Path:
