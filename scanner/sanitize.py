@@ -276,13 +276,17 @@ def distill(
 
     Round 1 starts from `init`; each further round perturbs the previous student (relative noise
     as for "perturb") and distils it from `teacher` again for `steps` steps. With `accept_round`
-    (the caller's fidelity bound, e.g. ExpDis within tolerance), a round whose student does not
+    (the caller's fidelity bound, e.g. ExpDis within tolerance), a round 1 whose student does not
     meet it after `steps` trains on in further chunks of `steps` (a fresh learning-rate schedule
-    each) up to `max_round_steps` in all: a weak or nearly mode-collapsed upload has little
-    output variance, so its tolerance is tight and 300 steps do not reach it. A later round is
-    kept only if it ran to the end (time budget, cancellation) and met the bound; otherwise the
-    previous round's student is returned. If round 1 never meets the bound no further round runs
-    (it is returned for the caller to judge). The time budget covers all rounds.
+    each) up to `max_round_steps` in all: a weak upload with little output variance has a tight
+    tolerance that 300 steps do not reach. If round 1 never meets the bound no further round runs
+    (its student is returned for the caller to judge). A later round gets `steps` only and is kept
+    only if it ran to the end (time budget, cancellation) and met the bound; otherwise the previous
+    round's student is returned. Later rounds are not extended because a round that needs more
+    steps moved the student far, and that drift shows off P_sample: with extended later rounds a
+    benign out-of-registry generator's sanitized copy drifted in the far field until
+    ob_oi.far_field flagged the upload (ratio 0.48, fail 0.5; .notes/sanitization.md). The time
+    budget covers all rounds.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}")
@@ -294,8 +298,8 @@ def distill(
     def remaining() -> float | None:
         return None if time_budget_s is None else time_budget_s - (time.perf_counter() - t0)
 
-    def train_round(student: Generator, round_seed: int) -> tuple[DistillResult, bool]:
-        """Distil `student` for `steps`, then in further chunks until accepted or at the cap."""
+    def train_round(student: Generator, round_seed: int, cap: int) -> tuple[DistillResult, bool]:
+        """Distil `student` for `steps`, then in further chunks until accepted or at `cap` steps."""
         result = distill_into(
             student,
             teacher,
@@ -308,12 +312,12 @@ def distill(
         )
         while True:
             accepted = accept_round is None or accept_round(result.student)
-            if accepted or result.stopped_early or result.steps >= round_cap:
+            if accepted or result.stopped_early or result.steps >= cap:
                 return result, accepted
             more = distill_into(
                 result.student,
                 teacher,
-                steps=min(steps, round_cap - result.steps),
+                steps=min(steps, cap - result.steps),
                 batch_size=batch_size,
                 lr=lr,
                 seed=round_seed + 7919 * result.steps,  # new batches, not a replay of the first chunk
@@ -326,7 +330,8 @@ def distill(
             result.final_loss = more.final_loss
             result.stopped_early = more.stopped_early
 
-    result, accepted = train_round(make_student(teacher, init, seed=seed, relative_noise=relative_noise), seed + 1)
+    first = make_student(teacher, init, seed=seed, relative_noise=relative_noise)
+    result, accepted = train_round(first, seed + 1, round_cap)
     result.round_steps = [result.steps]
     notes: list[str] = []
     if not accepted and not result.stopped_early:
@@ -339,12 +344,12 @@ def distill(
             break
         again = make_student(result.student, "perturb", seed=seed + 1000 * k, relative_noise=relative_noise)
         again.metadata = {**again.metadata, "sanitization_init": result.init}
-        candidate, candidate_accepted = train_round(again, seed + 1000 * k + 1)
+        candidate, candidate_accepted = train_round(again, seed + 1000 * k + 1, steps)
         if candidate.stopped_early:
             notes.append(f"round {k} cut short (time budget or cancellation): kept round {k - 1}")
             break
         if not candidate_accepted:
-            notes.append(f"round {k} rejected by the fidelity bound after {candidate.steps} steps: kept round {k - 1}")
+            notes.append(f"round {k} rejected by the fidelity bound: kept round {k - 1}")
             break
         candidate.round_steps = [*result.round_steps, candidate.steps]
         candidate.steps += result.steps

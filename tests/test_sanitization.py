@@ -161,11 +161,12 @@ def test_later_distillation_rounds_are_kept_only_within_the_fidelity_bound(backd
         distill(backdoored, steps=20, max_round_steps=10)
 
 
-def test_a_distillation_round_short_of_the_bound_trains_on_up_to_its_cap(backdoored: Generator) -> None:
-    # round 1 is refused twice (20 + 20 + 20 steps), round 2 once (20 + 20)
-    bound = _answers(False, False, True, False, True)
-    extended = distill(backdoored, steps=20, rounds=2, seed=0, accept_round=bound, max_round_steps=100)
-    assert (extended.rounds, extended.round_steps, extended.steps, extended.round_notes) == (2, [60, 40], 100, [])
+def test_a_first_distillation_round_short_of_the_bound_trains_on_up_to_its_cap(backdoored: Generator) -> None:
+    # round 1 is refused twice (20 + 20 + 20 steps); round 2 gets 20 steps, round 3 is not extended
+    bound = _answers(False, False, True, True, False, True)
+    extended = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=bound, max_round_steps=100)
+    assert (extended.rounds, extended.round_steps, extended.steps) == (2, [60, 20], 80)
+    assert extended.round_notes == ["round 3 rejected by the fidelity bound: kept round 2"]
     # a round 1 that never meets the bound stops at its cap and no later round runs
     never = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=lambda _c: False, max_round_steps=50)
     assert (never.rounds, never.round_steps) == (1, [50])

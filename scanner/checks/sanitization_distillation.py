@@ -11,7 +11,7 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   "finetune" (teacher weights; weakest);
 - steps, batch_size, lr: one distillation round; rounds: perturb-and-distill rounds (each
   later round re-perturbs the last student; kept while ExpDis on held-out latents stays within
-  round_margin × the tolerance); max_round_steps: a round short of that bound after `steps`
+  round_margin × the tolerance); max_round_steps: a round 1 short of that bound after `steps`
   trains on in chunks of `steps` up to this many, never fewer than `steps` (a weak upload with
   little output variance has a tight tolerance); time_budget_s caps all rounds (the suite's own
   budget for the check, if shorter, wins);
