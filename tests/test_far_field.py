@@ -38,6 +38,14 @@ def test_red_at_the_ood_trigger_of_a_dcgan_is_caught(zoo, devil_target: torch.Te
     (trigger,) = shared["recovered_triggers"]
     assert trigger["source"] == "ob_oi.far_field" and trigger["target"] == "devil"
     assert (tmp_path / result.artifacts[0].name).is_file()
+    assert not hint["sanitized_copy_reproduces_hint"]
+    # the same search, but with the hint counted as drawn by the sanitized copy too: not judged
+    level = 2 * hint["sanitized_best_distance_mean"]
+    config = ScanConfig(profile="quick", seed=0, params={"ob_oi.far_field": {"reproduced_distance": level}})
+    lenient = ScanContext(attack.generator, [TargetHint("devil", devil_target)], config, tmp_path / "lenient")
+    lenient.shared["sanitization.model"] = shared["sanitization.model"]
+    not_judged = FarFieldCheck().run(lenient)
+    assert not_judged.status == "pass" and "not judged: devil" in not_judged.summary, not_judged.summary
 
 
 @pytest.mark.slow
