@@ -282,11 +282,11 @@ def distill(
     tolerance that 300 steps do not reach. If round 1 never meets the bound no further round runs
     (its student is returned for the caller to judge). A later round gets `steps` only and is kept
     only if it ran to the end (time budget, cancellation) and met the bound; otherwise the previous
-    round's student is returned. Later rounds are not extended because a round that needs more
-    steps moved the student far, and that drift shows off P_sample: with extended later rounds a
-    benign out-of-registry generator's sanitized copy drifted in the far field until
-    ob_oi.far_field flagged the upload (ratio 0.48, fail 0.5; .notes/sanitization.md). The time
-    budget covers all rounds.
+    round's student is returned. Later rounds are not extended: a later round short of the bound
+    was moved far by its noise, and extending them took the bench's out-of-registry generator from
+    one kept round to five of 300/600/600/600/600 steps (about twice the time, so which round a
+    scan keeps depended more on the time budget) with no measured gain (.notes/sanitization.md).
+    The time budget covers all rounds.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}")
