@@ -300,35 +300,30 @@ def distill(
 
     def train_round(student: Generator, round_seed: int, cap: int) -> tuple[DistillResult, bool]:
         """Distil `student` for `steps`, then in further chunks until accepted or at `cap` steps."""
-        result = distill_into(
-            student,
-            teacher,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=round_seed,
-            time_budget_s=remaining(),
-            should_stop=should_stop,
-        )
+        result: DistillResult | None = None
         while True:
-            accepted = accept_round is None or accept_round(result.student)
-            if accepted or result.stopped_early or result.steps >= cap:
-                return result, accepted
-            more = distill_into(
-                result.student,
+            done = 0 if result is None else result.steps
+            chunk = distill_into(
+                student if result is None else result.student,
                 teacher,
-                steps=min(steps, cap - result.steps),
+                steps=min(steps, cap - done),
                 batch_size=batch_size,
                 lr=lr,
-                seed=round_seed + 7919 * result.steps,  # new batches, not a replay of the first chunk
+                seed=round_seed + 7919 * done,  # each chunk new batches, not a replay of the first
                 time_budget_s=remaining(),
                 should_stop=should_stop,
             )
-            result.steps += more.steps
-            result.nonfinite_steps += more.nonfinite_steps
-            result.loss_curve += more.loss_curve
-            result.final_loss = more.final_loss
-            result.stopped_early = more.stopped_early
+            if result is None:
+                result = chunk
+            else:
+                result.steps += chunk.steps
+                result.nonfinite_steps += chunk.nonfinite_steps
+                result.loss_curve += chunk.loss_curve
+                result.final_loss = chunk.final_loss
+                result.stopped_early = chunk.stopped_early
+            accepted = accept_round is None or accept_round(result.student)
+            if accepted or result.stopped_early or result.steps >= cap:
+                return result, accepted
 
     first = make_student(teacher, init, seed=seed, relative_noise=relative_noise)
     result, accepted = train_round(first, seed + 1, round_cap)
