@@ -29,6 +29,11 @@ QUICK_DETECTION_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+def results_name(part: str, device: str) -> str:
+    """`speed` on a CPU, `speed_cuda` on a GPU: a GPU run never overwrites the CPU figures."""
+    return part if torch.device(device).type == "cpu" else f"{part}_{torch.device(device).type}"
+
+
 def _write(part: str, payload: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{part}.json"
@@ -72,7 +77,7 @@ def _hinted_part(
     }
     if summarise is not None:
         payload["summary"] = summarise(records)
-    _write(part, payload)
+    _write(results_name(part, args.device), payload)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -83,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
     t_start = time.perf_counter()
-    spec = zoo_spec(mode)
+    spec = zoo_spec(args.zoo or mode)
     zoo = Zoo(spec, OUT_DIR, device=args.device)
     parts = args.parts or list(PARTS)
     t0 = time.perf_counter()
@@ -98,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     zoo_s = time.perf_counter() - t0
     stamp = {
         "mode": mode,
+        "zoo_mode": spec.mode,
         "device": args.device,
         "started_unix": time.time(),
         "zoo_build_s": zoo_s,
@@ -109,8 +115,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         benign = next(e for e in entries if e.attack == "benign" and e.family == "dcgan")
-        res = run_speed(benign, device=args.device, quick=args.quick, out_dir=OUT_DIR)
-        _write("speed", {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
+        name = results_name("speed", args.device)
+        res = run_speed(
+            benign,
+            device=args.device,
+            quick=args.quick,
+            out_dir=OUT_DIR,
+            e2e_repeats=args.e2e_repeats,
+            e2e_profiles=args.e2e_profiles,
+            on_progress=lambda partial: _write(name, {**stamp, "partial": True, **partial}),
+        )
+        _write(name, {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
     if "table1" in parts:
         from bench.table1 import run_table1
 
@@ -122,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             recon_restarts=4 if args.quick else 32,
             recon_steps=100 if args.quick else 1000,
         )
-        _write("table1", {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
+        _write(results_name("table1", args.device), {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
     if "detection" in parts:
         from bench.detection import analyse, run_detection
 
@@ -140,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             scan_missing=not args.from_cache,
         )
         _write(
-            "detection",
+            results_name("detection", args.device),
             {
                 **stamp,
                 "elapsed_s": time.perf_counter() - t0,
@@ -192,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="build the zoo, measure, write results and BENCHMARKS.md")
     run.add_argument("--quick", action="store_true", help="small zoo and sizes for a 2-core CPU (default: full)")
     run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    run.add_argument(
+        "--zoo",
+        choices=("quick", "full"),
+        help="which zoo to build or load (default: the mode's; `--zoo quick` runs full sizes on the quick zoo)",
+    )
+    run.add_argument("--e2e-repeats", type=int, help="speed: repeats of each end-to-end scan (default 1 quick, 3 full)")
+    run.add_argument(
+        "--e2e-profiles", nargs="+", choices=("quick", "standard", "full"), help="speed: end-to-end scan profiles"
+    )
     run.add_argument("--parts", nargs="+", choices=PARTS, help=f"what to measure (default: all of {PARTS})")
     run.add_argument("--max-models", type=int, default=0, help="scan only the first N zoo models (0: all)")
     run.add_argument(

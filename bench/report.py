@@ -178,14 +178,17 @@ TABLE1_METRICS = [
 ]
 
 
-def render_table1(t: dict[str, Any]) -> list[str]:
+def render_table1(
+    t: dict[str, Any], title: str = "## 2. The paper's Table I side by side (MNIST, DCGAN and VAE)"
+) -> list[str]:
     from bench.table1 import PAPER_NOT_RECALLED
 
-    lines = ["## 2. The paper's Table I side by side (MNIST, DCGAN and VAE)", ""]
+    lines = [title, ""]
     rows = t.get("rows", [])
     n_closest = rows[0]["closest_n"] if rows else "?"
     lines += [
-        f"Measured {_when(t)}, mode `{t.get('mode')}`, {_f(t.get('elapsed_s'))} s. Paper column: "
+        f"Measured {_when(t)}, mode `{t.get('mode')}` (sizes), zoo `{t.get('zoo_mode', t.get('mode'))}`, device "
+        f"`{t.get('device', 'cpu')}`, {_f(t.get('elapsed_s'))} s. Paper column: "
         f"{t.get('paper_source')}. We have no verified copy of the paper's numbers in this repository and do not "
         f"fill them in from memory: every paper cell reads *{PAPER_NOT_RECALLED}*.",
         f"Units: {t.get('units')}. Closest-N with N = {n_closest} (the paper's Closest1M uses N = 10⁶); ReconD with "
@@ -216,7 +219,7 @@ def render_table1(t: dict[str, Any]) -> list[str]:
     )
     lines += ["", f"Paper values for every cell above: {PAPER_NOT_RECALLED}.", ""]
     best_is = max((r.get("is") or 0.0 for r in rows), default=0.0)
-    if t.get("mode") == "quick":
+    if t.get("zoo_mode", t.get("mode")) == "quick":
         lines += [
             f"Quick-mode caveat: the zoo's generators are tiny and trained for one epoch (best IS* here {_f(best_is)} "
             "of a possible 10, FID* in the thousands), and the attacks are short, so TarDis values show partly "
@@ -227,17 +230,20 @@ def render_table1(t: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_speed(s: dict[str, Any]) -> list[str]:
+def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> list[str]:
     m = s.get("machine", {})
-    lines = ["## 3. Speed and scale", ""]
+    lines = [title, ""]
+    gpu = f" (`{m['gpu']}`)" if m.get("gpu") else ""
     lines += [
         f"Measured {_when(s)} on `{m.get('cpu')}`, {m.get('logical_cores')} logical cores, torch {m.get('torch')} "
-        f"({m.get('torch_threads')} threads), device `{m.get('device')}`; model `{s.get('model')}` "
+        f"({m.get('torch_threads')} threads), device `{m.get('device')}`{gpu}; model `{s.get('model')}` "
         f"({s.get('parameters')} parameters). Load average before/after: {m.get('load_average')} / "
-        f"{s.get('machine_after', {}).get('load_average')} — the machine was shared with other work, so absolute "
-        "times are pessimistic and noisy; the side-by-side ratios were measured back to back in one run.",
+        f"{s.get('machine_after', {}).get('load_average')} — absolute times depend on the machine's other work; "
+        "the side-by-side ratios were measured back to back in one run.",
         "",
     ]
+    if s.get("partial"):
+        lines += ["**Partial run**: the run was cut off (time limit) after the stages shown; missing rows read –.", ""]
     mm, bf, ob, so = s.get("matmul", {}), s.get("bf_oi", {}), s.get("ob_oi", {}), s.get("scale_out", {})
     lines += _table(
         ["figure", "value"],
@@ -270,6 +276,13 @@ def render_speed(s: dict[str, Any]) -> list[str]:
         ],
     )
     lines += [""]
+    if s.get("bf_oi_batch_sweep"):
+        lines += ["BF-OI fused Closest-N throughput by batch size (same N, medians):", ""]
+        lines += _table(
+            ["N", "batch size", "samples/s", "repeats"],
+            [[r["n"], r["batch_size"], r["samples_per_s"], r["repeats"]] for r in s["bf_oi_batch_sweep"]],
+        )
+        lines += [""]
     rows = []
     for kind in ("cli", "service"):
         for r in s.get(kind, []):
@@ -354,15 +367,18 @@ def render_ablation(ab: dict[str, Any], det: dict[str, Any] | None) -> list[str]
     return lines + [""]
 
 
-def render_full_profile(fp: dict[str, Any]) -> list[str]:
+def render_full_profile(
+    fp: dict[str, Any], title: str = "### The whole quick profile (calibration and sanitization included)"
+) -> list[str]:
     """Every check of the quick profile (calibration and sanitization included) on fewer models."""
     summary = fp.get("summary", {})
     alarms = summary.get("benign_non_pass_checks", {})
     lines = [
-        "### The whole quick profile (calibration and sanitization included)",
+        title,
         "",
-        f"Measured {_when(fp)}, {_f(fp.get('elapsed_s'))} s, profile `quick` with no skipped check and no "
-        "parameter override (what `dgmscan scan --profile quick` runs), every scan with target hints. Benign "
+        f"Measured {_when(fp)}, device `{fp.get('device', 'cpu')}`, {_f(fp.get('elapsed_s'))} s, profile `quick` "
+        "with no skipped check and no parameter override (what `dgmscan scan --profile quick` runs), every scan "
+        "with target hints. Benign "
         "models: dcgan28 and the VAE decoder (zoo seeds 0-2) and a generator outside the registry "
         "(`tests/foreign_models.py`: GroupNorm, GELU, upsample + conv, 64-d latent) trained here, seeds 0-2. "
         "`red-strong-*`: ReD with λ = 1, 300 steps, lr 2e-3 at an in-sample trigger (a backdoor that took).",
@@ -460,10 +476,17 @@ def render(results_dir: Path) -> str:
         "`bench/results/*.json`; do not edit by hand. How to run and what each figure means: `bench/README.md`. "
         f"Science: {PAPER}.",
         "",
-        "**GPU: not measured yet.** The code takes `--device cuda` (`python -m bench run --device cuda`), but no GPU "
-        "was available to this run; every figure below is CPU.",
-        "",
     ]
+    gpu = {part: _load(results_dir, f"{part}_cuda") for part in ("speed", "table1", "full_profile")}
+    if not any(gpu.values()):
+        lines += [
+            "**GPU: not measured yet.** The code takes `--device cuda` (`python -m bench run --device cuda`), but no "
+            "GPU was available to this run; every figure below is CPU.",
+            "",
+        ]
+    else:
+        gpu_name = (gpu["speed"] or {}).get("machine", {}).get("gpu", "a CUDA GPU")
+        lines += [f"Sections 1-4 are CPU figures; section 5 holds the figures measured on `{gpu_name}`.", ""]
     det, t1, sp = _load(results_dir, "detection"), _load(results_dir, "table1"), _load(results_dir, "speed")
     ab = _load(results_dir, "ablation")
     if det:
@@ -491,4 +514,18 @@ def render(results_dir: Path) -> str:
             "See `bench/results/service_bench.md` (GET throughput/latency, RSS during uploads).",
             "",
         ]
+    if any(gpu.values()):
+        lines += [
+            "## 5. GPU",
+            "",
+            "The same benchmarks with `--device cuda`, full sizes on the quick zoo (`bench/gpu_run.sh`: "
+            "`python -m bench run --device cuda --zoo quick ...`, results in `bench/results/*_cuda.json`).",
+            "",
+        ]
+        if gpu["speed"]:
+            lines += render_speed(gpu["speed"], title="### 5.1 Speed and scale on the GPU")
+        if gpu["table1"]:
+            lines += render_table1(gpu["table1"], title="### 5.2 Table I on the GPU (Closest-N at full size)")
+        if gpu["full_profile"]:
+            lines += render_full_profile(gpu["full_profile"], title="### 5.3 The whole quick profile on the GPU")
     return "\n".join(lines).rstrip() + "\n"

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from scanner.search.common import eval_copy
 from scanner.search.recond import reconstruct, restart_latents
 
 log = logging.getLogger("bench.speed")
+# Full mode: the paper's Closest1M (N = 10^6 rounded to whole 4096-sample blocks).
+FULL_BF_OI_N = 1_048_576
+GPU_BATCH_SWEEP = (4096, 16384, 65536)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -147,6 +151,18 @@ def bf_oi_speed(
         "fraction_of_matmul_rate": achieved / matmul_rate,
         "repeats": repeats,
     }
+
+
+def bf_oi_batch_sweep(
+    generator: Generator, *, n: int, batch_sizes: tuple[int, ...], repeats: int
+) -> list[dict[str, Any]]:
+    """Fused Closest-N throughput (median samples/s over repeats) at each batch size."""
+    target = load_target("devil").to(generator.device)
+    rows = []
+    for batch_size in batch_sizes:
+        rates = [closest_n(generator, target, n, batch_size=batch_size, seed=r).samples_per_s for r in range(repeats)]
+        rows.append({"n": n, "batch_size": batch_size, "samples_per_s": statistics.median(rates), "repeats": repeats})
+    return rows
 
 
 def ob_oi_speed(generator: Generator, *, restarts: int, steps: int, repeats: int) -> dict[str, Any]:
@@ -268,14 +284,23 @@ def cli_scan(
 
 
 def service_scan(
-    model_path: Path, target_png: Path, *, profile: str, only: list[str] | None, repeats: int, timeout_s: float
+    model_path: Path,
+    target_png: Path,
+    *,
+    profile: str,
+    only: list[str] | None,
+    repeats: int,
+    timeout_s: float,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Wall time from POST /v1/scans to a finished status on an embedded `dgmscan serve` (SQLite, local disk)."""
+    """Wall time from POST /v1/scans to a finished status on an embedded `dgmscan serve` (SQLite, local disk),
+    its in-process worker on `device`."""
     import httpx
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DGMSCAN_")}
         env["DGMSCAN_DATA_DIR"] = f"{tmp}/var"
+        env["DGMSCAN_WORKER_DEVICE"] = device
         log_path = Path(tmp) / "serve.log"
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(
@@ -334,6 +359,7 @@ def service_scan(
                 "times_s": times,
                 "statuses": statuses,
                 "verdicts": verdicts,
+                "worker_device": device,
                 "poll_interval_s": 0.25,
             }
         finally:
@@ -344,9 +370,26 @@ def service_scan(
                 proc.kill()
 
 
-def run_speed(benign: ZooEntry, *, device: str, quick: bool, out_dir: Path) -> dict[str, Any]:
-    """All speed figures for `benign` (a registry-architecture DCGAN saved as safetensors for the CLI/service)."""
+def run_speed(
+    benign: ZooEntry,
+    *,
+    device: str,
+    quick: bool,
+    out_dir: Path,
+    e2e_repeats: int | None = None,
+    e2e_profiles: list[str] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """All speed figures for `benign` (a registry-architecture DCGAN saved as safetensors for the CLI/service).
+
+    `on_progress(results)` is called after every stage, so a run cut off by a time limit (a lent GPU's
+    lease) still leaves the stages it finished on disk.
+    """
     from scanner.formats.safetensors_io import save_safetensors
+
+    def stage_done() -> None:
+        if on_progress is not None:
+            on_progress(results)
 
     g = benign.generator.copy().to(device).eval()
     model_path = Path(out_dir) / "speed" / f"{benign.name}.safetensors"
@@ -359,32 +402,43 @@ def run_speed(benign: ZooEntry, *, device: str, quick: bool, out_dir: Path) -> d
     log.info("speed: matmul %.1f GFLOP/s", mm["flops_per_s"] / 1e9)
     results["bf_oi"] = bf_oi_speed(
         g,
-        n_fused=8192 if quick else 262_144,
+        n_fused=8192 if quick else FULL_BF_OI_N,
         n_naive=128 if quick else 4096,
         batch_size=1024 if quick else 4096,
         repeats=3,
         matmul_rate=mm["flops_per_s"],
     )
     log.info("speed: bf_oi %s", results["bf_oi"])
+    stage_done()
+    if torch.device(device).type == "cuda" and not quick:
+        # A GPU is far from saturated by 4096-sample batches of a small generator: the same 1M-sample
+        # Closest-N at larger batches, to show where throughput levels off.
+        results["bf_oi_batch_sweep"] = bf_oi_batch_sweep(g, n=FULL_BF_OI_N, batch_sizes=GPU_BATCH_SWEEP, repeats=3)
+        log.info("speed: bf_oi batch sweep %s", results["bf_oi_batch_sweep"])
+        stage_done()
     # Quick: few steps, the sequential side dominates the whole quick run on a loaded CPU.
     results["ob_oi"] = ob_oi_speed(g, restarts=8, steps=20 if quick else 200, repeats=3)
     log.info("speed: ob_oi %s", results["ob_oi"])
+    stage_done()
     results["scale_out"] = scale_out(
         model_path, device=device, n=16384 if quick else 262_144, batch_size=1024 if quick else 4096, repeats=3
     )
     log.info("speed: scale_out %s", results["scale_out"])
+    stage_done()
     # Quick mode: the cheap detector checks only, one repeat (the machine is shared); full: the whole profiles.
-    profiles = ["quick"] if quick else ["quick", "standard", "full"]
+    profiles = e2e_profiles or (["quick"] if quick else ["quick", "standard", "full"])
+    repeats = e2e_repeats or (1 if quick else 3)
     only = ["format", "static", "dynamic", "bf_oi"] if quick else None
-    results["cli"] = [
-        cli_scan(model_path, target_png, profile=p, device=device, only=only, repeats=1 if quick else 3)
-        for p in profiles
-    ]
-    log.info("speed: cli %s", results["cli"])
-    results["service"] = [
-        service_scan(model_path, target_png, profile=p, only=only, repeats=1 if quick else 3, timeout_s=900)
-        for p in profiles
-    ]
-    log.info("speed: service %s", results["service"])
+    # Per profile, CLI then service, so a run cut off by a time limit still has both paths of the cheaper profiles.
+    results["cli"], results["service"] = [], []
+    for p in profiles:
+        results["cli"].append(cli_scan(model_path, target_png, profile=p, device=device, only=only, repeats=repeats))
+        log.info("speed: cli %s", results["cli"][-1])
+        stage_done()
+        results["service"].append(
+            service_scan(model_path, target_png, profile=p, only=only, repeats=repeats, timeout_s=900, device=device)
+        )
+        log.info("speed: service %s", results["service"][-1])
+        stage_done()
     results["machine_after"] = {"load_average": list(os.getloadavg())}
     return results
