@@ -116,6 +116,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         benign = next(e for e in entries if e.attack == "benign" and e.family == "dcgan")
         name = results_name("speed", args.device)
+        previous = None
+        if args.resume and (RESULTS_DIR / f"{name}.json").is_file():
+            previous = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+            if not previous.get("partial") or previous.get("mode") != mode:
+                previous = None  # only a cut-off run of the same mode is resumed
+        if previous:
+            stamp["started_unix"] = previous.get("started_unix", stamp["started_unix"])
+            stamp["resumed_unix"] = time.time()
         res = run_speed(
             benign,
             device=args.device,
@@ -124,6 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             e2e_repeats=args.e2e_repeats,
             e2e_profiles=args.e2e_profiles,
             on_progress=lambda partial: _write(name, {**stamp, "partial": True, **partial}),
+            resume=previous,
         )
         _write(name, {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
     if "table1" in parts:
@@ -215,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--e2e-repeats", type=int, help="speed: repeats of each end-to-end scan (default 1 quick, 3 full)")
     run.add_argument(
         "--e2e-profiles", nargs="+", choices=("quick", "standard", "full"), help="speed: end-to-end scan profiles"
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="speed: keep the finished stages of a cut-off (partial) results file"
     )
     run.add_argument("--parts", nargs="+", choices=PARTS, help=f"what to measure (default: all of {PARTS})")
     run.add_argument("--max-models", type=int, default=0, help="scan only the first N zoo models (0: all)")

@@ -44,7 +44,7 @@ stage() {  # stage NAME SECONDS ARGS...: one bench invocation under its own time
 }
 
 stage table1 ${TABLE1_LIMIT:-150} --parts table1
-stage speed ${SPEED_LIMIT:-330} --parts speed --e2e-repeats 1
+stage speed ${SPEED_LIMIT:-330} --parts speed --e2e-repeats 1 --resume
 
 if [ -n "$OUT_DIR" ]; then
   mkdir -p "$OUT_DIR"

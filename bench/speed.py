@@ -42,6 +42,7 @@ log = logging.getLogger("bench.speed")
 # Full mode: the paper's Closest1M (N = 10^6 rounded to whole 4096-sample blocks).
 FULL_BF_OI_N = 1_048_576
 GPU_BATCH_SWEEP = (4096, 16384, 65536)
+RESUMABLE_STAGES = ("matmul", "bf_oi", "bf_oi_batch_sweep", "ob_oi", "scale_out", "cli", "service")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -379,11 +380,13 @@ def run_speed(
     e2e_repeats: int | None = None,
     e2e_profiles: list[str] | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """All speed figures for `benign` (a registry-architecture DCGAN saved as safetensors for the CLI/service).
 
     `on_progress(results)` is called after every stage, so a run cut off by a time limit (a lent GPU's
-    lease) still leaves the stages it finished on disk.
+    lease) still leaves the stages it finished on disk; `resume` (such a partial result) keeps its
+    finished stages and measures only the rest (listed in `resumed_stages`).
     """
     from scanner.formats.safetensors_io import save_safetensors
 
@@ -396,42 +399,59 @@ def run_speed(
     save_safetensors(benign.generator, model_path)
     target_png = REPO / "data" / "targets" / "devil_28x28.png"
     results: dict[str, Any] = {"model": benign.name, "parameters": sum(p.numel() for p in g.parameters())}
-    results["machine"] = machine_info(device)
-    mm = matmul_flops(device, size=1024 if quick else 4096, repeats=5)
-    results["matmul"] = mm
+    kept = [k for k in RESUMABLE_STAGES if resume and k in resume and resume.get("model") == benign.name]
+    if resume and kept:
+        results.update({k: resume[k] for k in ("machine", "started_unix", *kept) if k in resume})
+        results["resumed_stages"] = kept
+        log.info("speed: resuming; kept %s", kept)
+    else:
+        results["machine"] = machine_info(device)
+    if "matmul" not in results:
+        results["matmul"] = matmul_flops(device, size=1024 if quick else 4096, repeats=5)
+    mm = results["matmul"]
     log.info("speed: matmul %.1f GFLOP/s", mm["flops_per_s"] / 1e9)
-    results["bf_oi"] = bf_oi_speed(
-        g,
-        n_fused=8192 if quick else FULL_BF_OI_N,
-        n_naive=128 if quick else 4096,
-        batch_size=1024 if quick else 4096,
-        repeats=3,
-        matmul_rate=mm["flops_per_s"],
-    )
-    log.info("speed: bf_oi %s", results["bf_oi"])
-    stage_done()
-    if torch.device(device).type == "cuda" and not quick:
+    if "bf_oi" not in results:
+        results["bf_oi"] = bf_oi_speed(
+            g,
+            n_fused=8192 if quick else FULL_BF_OI_N,
+            n_naive=128 if quick else 4096,
+            batch_size=1024 if quick else 4096,
+            repeats=3,
+            matmul_rate=mm["flops_per_s"],
+        )
+        log.info("speed: bf_oi %s", results["bf_oi"])
+        stage_done()
+    if torch.device(device).type == "cuda" and not quick and "bf_oi_batch_sweep" not in results:
         # A GPU is far from saturated by 4096-sample batches of a small generator: the same 1M-sample
         # Closest-N at larger batches, to show where throughput levels off.
         results["bf_oi_batch_sweep"] = bf_oi_batch_sweep(g, n=FULL_BF_OI_N, batch_sizes=GPU_BATCH_SWEEP, repeats=3)
         log.info("speed: bf_oi batch sweep %s", results["bf_oi_batch_sweep"])
         stage_done()
-    # Quick: few steps, the sequential side dominates the whole quick run on a loaded CPU.
-    results["ob_oi"] = ob_oi_speed(g, restarts=8, steps=20 if quick else 200, repeats=3)
-    log.info("speed: ob_oi %s", results["ob_oi"])
-    stage_done()
-    results["scale_out"] = scale_out(
-        model_path, device=device, n=16384 if quick else 262_144, batch_size=1024 if quick else 4096, repeats=3
-    )
-    log.info("speed: scale_out %s", results["scale_out"])
-    stage_done()
+    if "ob_oi" not in results:
+        # Quick: few steps, the sequential side dominates the whole quick run on a loaded CPU.
+        results["ob_oi"] = ob_oi_speed(g, restarts=8, steps=20 if quick else 200, repeats=3)
+        log.info("speed: ob_oi %s", results["ob_oi"])
+        stage_done()
+    if "scale_out" not in results:
+        results["scale_out"] = scale_out(
+            model_path, device=device, n=16384 if quick else 262_144, batch_size=1024 if quick else 4096, repeats=3
+        )
+        log.info("speed: scale_out %s", results["scale_out"])
+        stage_done()
     # Quick mode: the cheap detector checks only, one repeat (the machine is shared); full: the whole profiles.
     profiles = e2e_profiles or (["quick"] if quick else ["quick", "standard", "full"])
     repeats = e2e_repeats or (1 if quick else 3)
     only = ["format", "static", "dynamic", "bf_oi"] if quick else None
     # Per profile, CLI then service, so a run cut off by a time limit still has both paths of the cheaper profiles.
-    results["cli"], results["service"] = [], []
+    results.setdefault("cli", [])
+    results.setdefault("service", [])
     for p in profiles:
+        if any(r.get("profile") == p for r in results["cli"]) and any(
+            r.get("profile") == p for r in results["service"]
+        ):
+            continue  # both paths finished in the run being resumed
+        results["cli"] = [r for r in results["cli"] if r.get("profile") != p]
+        results["service"] = [r for r in results["service"] if r.get("profile") != p]
         results["cli"].append(cli_scan(model_path, target_png, profile=p, device=device, only=only, repeats=repeats))
         log.info("speed: cli %s", results["cli"][-1])
         stage_done()

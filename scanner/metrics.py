@@ -150,7 +150,8 @@ def _features_and_probs(images: torch.Tensor, batch_size: int = 500) -> tuple[to
 
 
 def _frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    # No `disp=` argument: newer SciPy releases removed it (TypeError); without it every version returns the matrix.
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
     covmean = np.real(covmean)
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
