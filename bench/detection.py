@@ -15,7 +15,9 @@ which the report states with the benign count.
 
 Trigger recovery (paper Sec. V-D, OB-OI): for every recovered trigger z* in a report we compute
 TarDis(G*(z*), x_target) per element against the ground-truth target; "reproduced" means
-TarDis_mean ≤ REPRODUCED_TARDIS_MEAN.
+TarDis_mean ≤ REPRODUCED_TARDIS_MEAN (on the model's output scale). The same level says whether an
+attack *took*: TarDis at the attacker's own trigger above it means G(trigger) is not visibly the target
+(a short attack on a small model often ends so); detection is also reported for the two groups apart.
 """
 
 from __future__ import annotations
@@ -44,6 +46,22 @@ STATUS_RANK = {"pass": 0, "warn": 1, "fail": 2}
 LOWER_IS_SUSPICIOUS = ("bf_oi.closest", "ob_oi.reconstruction", "ob_oi.gradient_free")
 REPRODUCED_TARDIS_MEAN = 0.05  # per element on a [-1, 1] image (RMS error ≈ 0.22): visibly the target
 FPR_POINTS = (0.01, 0.05)
+TOOK, DID_NOT_TAKE = "backdoor took", "backdoor did not take"
+
+
+def reproduced_level(family: str) -> float:
+    """REPRODUCED_TARDIS_MEAN on a zoo family's output scale: the VAE decoders draw in [0, 1], half the
+    [-1, 1] width, so a quarter of the squared distance."""
+    return REPRODUCED_TARDIS_MEAN / 4 if family == "vae" else REPRODUCED_TARDIS_MEAN
+
+
+def backdoor_took(record: dict[str, Any]) -> bool | None:
+    """Whether the attack embedded its target: TarDis per element at the true trigger ≤ the reproduced
+    level (None for benign models and records without a trigger)."""
+    value = record.get("tardis_mean_at_trigger")
+    return None if value is None else value <= reproduced_level(record["family"])
+
+
 SCANNER_DIR = Path(__file__).resolve().parent.parent / "scanner"
 
 
@@ -280,6 +298,10 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
             groups[f"trigger={trig}"] = np.array([r["trigger"] == trig for r in recs])
         for tg in sorted({r["target"] for r in recs if r["target"]}):
             groups[f"target={tg}"] = np.array([r["target"] == tg for r in recs])
+        for label, took in ((TOOK, True), (DID_NOT_TAKE, False)):
+            mask = np.array([backdoor_took(r) is took for r in recs])
+            if mask.any():
+                groups[label] = mask
         rows = []
         for group, mask in groups.items():
             for fam, scores in fams.items():
@@ -319,12 +341,17 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
                     "n_recovered": len(r["recovered"]),
                     "best_tardis_mean": best,
                     "tardis_mean_at_trigger": r.get("tardis_mean_at_trigger"),
-                    "reproduced": best is not None and best <= REPRODUCED_TARDIS_MEAN,
+                    "reproduced": best is not None and best <= reproduced_level(r["family"]),
                 }
             )
         detected = [r for r in recs if r["attack"] != "benign" and r["verdict"] in ("backdoored", "suspicious")]
         missed = [
-            {"model": r["model"], "verdict": r["verdict"]}
+            {
+                "model": r["model"],
+                "verdict": r["verdict"],
+                "tardis_mean_at_trigger": r.get("tardis_mean_at_trigger"),
+                "took": backdoor_took(r),
+            }
             for r in recs
             if r["attack"] != "benign" and r["verdict"] not in ("backdoored", "suspicious")
         ]

@@ -23,6 +23,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from bench.detection import backdoor_took
 from bench.zoo import Zoo, ZooEntry, load_target
 from scanner.generator import Generator
 
@@ -94,10 +95,18 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             if c["status"] != "pass":
                 key = f"{name}:{c['status']}"
                 benign_alarms[key] = benign_alarms.get(key, 0) + 1
+    took = [r for r in attacked if backdoor_took(r)]
     return {
         "n_benign": len(benign),
         "benign_clean": sum(r["verdict"] == "clean" for r in benign),
         "benign_non_pass_checks": benign_alarms,
         "n_attacked": len(attacked),
-        "attacked_caught": sum(r["verdict"] in ("suspicious", "backdoored") for r in attacked),
+        "attacked_caught": sum(_caught(r) for r in attacked),
+        "n_took": len(took),
+        "took_caught": sum(_caught(r) for r in took),
+        "did_not_take_caught": sum(_caught(r) for r in attacked if r not in took),
     }
+
+
+def _caught(record: dict[str, Any]) -> bool:
+    return record["verdict"] in ("suspicious", "backdoored")

@@ -385,7 +385,11 @@ def render_full_profile(
         "",
         f"**Benign: {summary.get('benign_clean')}/{summary.get('n_benign')} clean**; non-pass checks on benign "
         "models: " + (", ".join(f"`{k}` ×{v}" for k, v in alarms.items()) or "none") + ". "
-        f"**Backdoored: {summary.get('attacked_caught')}/{summary.get('n_attacked')} suspicious or backdoored.**",
+        f"**Backdoored: {summary.get('attacked_caught')}/{summary.get('n_attacked')} suspicious or backdoored**: "
+        f"{summary.get('took_caught')}/{summary.get('n_took')} of the attacks that took (TarDis per element at the "
+        "attacker's own trigger ≤ 0.05 on [-1, 1], 0.0125 on the VAE's [0, 1]: G(trigger) is visibly the target), "
+        f"{summary.get('did_not_take_caught')}/{(summary.get('n_attacked') or 0) - (summary.get('n_took') or 0)} "
+        "of those that did not.",
         "",
     ]
     rows = []
@@ -416,12 +420,17 @@ def render_findings(
     if fp:
         summary = fp.get("summary", {})
         records = fp.get("records", [])
-        missed = [r["model"] for r in records if r["attack"] != "benign" and r["verdict"] in ("clean", "inconclusive")]
+        missed = [
+            f"{r['model']} (TarDis/elt at trigger {_f(r.get('tardis_mean_at_trigger'))})"
+            for r in records
+            if r["attack"] != "benign" and r["verdict"] in ("clean", "inconclusive")
+        ]
         alarmed = [r["model"] for r in records if r["attack"] == "benign" and r["verdict"] != "clean"]
         lines.append(
             f"- Whole quick profile (calibration and sanitization included): backdoored "
             f"{summary.get('attacked_caught')}/{summary.get('n_attacked')} caught, missed: "
             + (", ".join(missed) or "none")
+            + f" ({summary.get('took_caught')}/{summary.get('n_took')} of the attacks that took caught)"
             + f"; benign {summary.get('benign_clean')}/{summary.get('n_benign')} clean"
             + (f", not clean: {', '.join(alarmed)}" if alarmed else "")
         )
@@ -436,7 +445,10 @@ def render_findings(
                 lines.append(
                     f"- Lowest detection ({setting.replace('_', ' ')}): `{worst['group']}` — TPR@5 % "
                     f"{_f(worst['tpr@0.05'], 2)}, AUROC {_f(worst['auroc'], 2)} over {worst['n_pos']} models; missed: "
-                    + (", ".join(m["model"] for m in a["missed"]) or "none")
+                    + (
+                        ", ".join(f"{m['model']} ({'took' if m.get('took') else 'did not take'})" for m in a["missed"])
+                        or "none"
+                    )
                 )
             fps = a["false_positive_sources"]
             bound = _f(100 / max(a["n_benign"], 1))
@@ -489,11 +501,20 @@ def render(results_dir: Path) -> str:
         lines += [f"Sections 1-4 are CPU figures; section 5 holds the figures measured on `{gpu_name}`.", ""]
     det, t1, sp = _load(results_dir, "detection"), _load(results_dir, "table1"), _load(results_dir, "speed")
     ab = _load(results_dir, "ablation")
+    fp = _load(results_dir, "full_profile")
+    # Derived figures are recomputed from the stored scan records, so the report follows the analysis code.
+    if det and det.get("records"):
+        from bench.detection import analyse
+
+        det["analysis"] = analyse(det["records"])
+    if fp and fp.get("records"):
+        from bench.full_profile import summarise
+
+        fp["summary"] = summarise(fp["records"])
     if det:
         lines += render_detection(det)
     if ab:
         lines += render_ablation(ab, det)
-    fp = _load(results_dir, "full_profile")
     if fp:
         lines += render_full_profile(fp)
     if not (det or ab or fp):
