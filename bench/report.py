@@ -410,11 +410,28 @@ def render_full_profile(
     return lines + [""]
 
 
+def _slowest_checks(records: list[dict[str, Any]], top: int = 3) -> str:
+    """The `top` checks by median duration over the scans that ran them, as markdown."""
+    import statistics
+
+    durations: dict[str, list[float]] = {}
+    for r in records:
+        for name, c in r.get("checks", {}).items():
+            if c.get("status") != "skipped":
+                durations.setdefault(name, []).append(c.get("duration_s") or 0.0)
+    ranked = sorted(((statistics.median(v), k) for k, v in durations.items()), reverse=True)[:top]
+    scans = [r["duration_s"] for r in records if r.get("duration_s") is not None]
+    total = f" of a median scan of {_f(statistics.median(scans))} s" if scans else ""
+    return ", ".join(f"`{k}` {_f(t)} s" for t, k in ranked) + total if ranked else ""
+
+
 def render_findings(
-    det: dict[str, Any] | None, sp: dict[str, Any] | None, fp: dict[str, Any] | None = None
+    det: dict[str, Any] | None,
+    sp: dict[str, Any] | None,
+    fp: dict[str, Any] | None = None,
+    sp_gpu: dict[str, Any] | None = None,
 ) -> list[str]:
     """The weakest spots, computed from the results (not written by hand)."""
-    import statistics
 
     lines = ["## Weakest spots found", ""]
     if fp:
@@ -460,21 +477,29 @@ def render_findings(
                     else f"no warn/fail on {a['n_benign']} benign models (FPR bound only: < ~{bound} %)"
                 )
             )
-        durations: dict[str, list[float]] = {}
-        for r in det.get("records", []):
-            for name, c in r.get("checks", {}).items():
-                if c.get("status") != "skipped":
-                    durations.setdefault(name, []).append(c.get("duration_s") or 0.0)
-        if durations:
-            ranked = sorted(((statistics.median(v), k) for k, v in durations.items()), reverse=True)[:3]
-            lines.append(
-                "- Slowest checks in detection scans (median s per scan): "
-                + ", ".join(f"`{k}` {_f(t)} s" for t, k in ranked)
-            )
+        ranked = _slowest_checks(det.get("records", []))
+        if ranked:
+            lines.append("- Slowest checks in detection scans (median s per scan): " + ranked)
+    if fp:
+        ranked = _slowest_checks(fp.get("records", []))
+        if ranked:
+            lines.append("- Slowest checks in the whole quick profile (median s per scan): " + ranked)
     if sp and sp.get("ob_oi"):
         lines.append(
             f"- OB-OI sequential restarts cost {_f(sp['ob_oi']['speedup_batched_vs_sequential'])}× the batched run; "
             f"BF-OI reaches {_f(sp.get('bf_oi', {}).get('fraction_of_matmul_rate'))} of the matmul FLOP rate."
+        )
+    if sp_gpu and sp_gpu.get("bf_oi"):
+        bf, sweep = sp_gpu["bf_oi"], sp_gpu.get("bf_oi_batch_sweep") or []
+        best = max(sweep, key=lambda r: r["samples_per_s"], default=None)
+        cli = ", ".join(f"{r['profile']} {_f(r['median_s'])} s" for r in sp_gpu.get("cli", []) if "median_s" in r)
+        lines.append(
+            f"- GPU (`{sp_gpu.get('machine', {}).get('gpu')}`): BF-OI Closest-N at N = {bf['n_fused']} runs "
+            f"{_f(bf['fused_samples_per_s'])} samples/s, {_f(bf['fraction_of_matmul_rate'])} of the matmul rate"
+            + (f" (at most {_f(best['samples_per_s'])} samples/s, batch {best['batch_size']})" if best else "")
+            + ": probably bound by drawing the latents on the CPU (done so that every device draws the same ones; "
+            "one core of the CI machine draws about 2.6e6 100-d normal latents/s, not measured by the bench); "
+            f"end-to-end `dgmscan scan` {cli or 'not measured'}."
         )
     return lines + [""]
 
@@ -523,7 +548,7 @@ def render(results_dir: Path) -> str:
         lines += render_table1(t1)
     else:
         lines += ["## 2. The paper's Table I side by side", "", "Not measured in this run.", ""]
-    lines[6:6] = render_findings(det, sp, fp)
+    lines[6:6] = render_findings(det, sp, fp, gpu["speed"])
     if sp:
         lines += render_speed(sp)
     else:
