@@ -34,6 +34,10 @@ PAPER_NOT_RECALLED = "n/a (not recalled)"
 # Paper cells per (family, attack, metric); deliberately empty: no value is filled in from memory.
 PAPER_VALUES: dict[tuple[str, str, str], str] = {}
 METRICS = ("tardis", "fid", "is", "expdis", "closest_n", "recond")
+# The only paper figures this repository holds: quoted in issue #3 ("ReX beats plain optimization-based
+# inspection (ReconD 815.5 vs 820.6 benign on MNIST)"), not checked against the paper; model not stated.
+QUOTED_RECOND = {"rex": 815.5, "benign": 820.6}
+QUOTED_RECOND_SOURCE = "issue #3's quote of the paper (MNIST, model not stated; not checked against the paper)"
 
 
 def pick_rows(entries: list[ZooEntry]) -> list[tuple[ZooEntry, ZooEntry]]:
