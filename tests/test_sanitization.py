@@ -124,6 +124,15 @@ def test_distillation_on_benign_model_passes(
     (trigger,) = result.evidence["triggers"]
     assert trigger["change_ratio"] < result.evidence["warn_change_ratio"]
     assert result.evidence["converged"]
+    # the second copy (another seed) that ob_oi.divergence uses as its null: kept, distinct, as faithful
+    null_info = result.evidence["null_copy"]
+    assert null_info["kept"] is True and null_info["seed"] != ctx.config.seed, null_info
+    sanitized = ctx.shared["sanitization.model"]
+    null = ctx.shared["sanitization.null_models"]["sanitization.distillation"]
+    assert isinstance(null, Generator) and null is not sanitized
+    z = benign.latent.sample(N_EVAL, generator=torch.Generator().manual_seed(5))
+    assert expected_distance(null, benign, z).mean <= result.evidence["expdis_tolerance_mean"]
+    assert expected_distance(null, sanitized, z).mean > 0  # not the same student
 
 
 def test_distillation_that_cannot_converge_is_an_error(benign: Generator, tmp_path: Path) -> None:
@@ -137,6 +146,7 @@ def test_distillation_that_cannot_converge_is_an_error(benign: Generator, tmp_pa
     assert result.status == "error"
     assert not result.evidence["converged"] and result.evidence["expdis_relative"] > 0.1
     assert "sanitization.model" not in ctx.shared and not result.artifacts
+    assert "null_copy" not in result.evidence and "sanitization.null_models" not in ctx.shared
 
 
 def _answers(*verdicts: bool) -> Callable[[Generator], bool]:

@@ -11,7 +11,10 @@ embedded backdoor looks like. It errors only when sanitization itself failed.
 Shared state written (for the OB-OI divergence search, Sec. V "target-free" search):
 - ctx.shared["sanitization.model"]: the sanitized Generator (the first converged one; the
   distillation check runs before fine-pruning by name order),
-- ctx.shared["sanitization.models"]: {check name: Generator} for every converged sanitization.
+- ctx.shared["sanitization.models"]: {check name: Generator} for every converged sanitization,
+- ctx.shared["sanitization.null_models"]: {check name: Generator}, a second sanitized copy made the
+  same way with another seed (distillation only), where it converged: how far two sanitized copies
+  differ from each other is the null that ob_oi.divergence judges the upload's divergence against.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from scanner.search.common import eval_copy
 
 SHARED_MODEL = "sanitization.model"
 SHARED_MODELS = "sanitization.models"
+SHARED_NULL_MODELS = "sanitization.null_models"
 
 
 def frozen_with_sanitized_copy(ctx: ScanContext) -> tuple[Generator, Generator] | None:
@@ -41,6 +45,19 @@ def frozen_with_sanitized_copy(ctx: ScanContext) -> tuple[Generator, Generator] 
         return None
     frozen = eval_copy(ctx.generator)
     return frozen, eval_copy(sanitized).to(frozen.device)
+
+
+def frozen_null_copy(ctx: ScanContext, device: torch.device) -> Generator | None:
+    """The second sanitized copy made alongside the shared sanitized model (SHARED_MODEL), frozen on
+    `device`; None when the check that made the shared model made none."""
+    sanitized = ctx.shared.get(SHARED_MODEL)
+    made_by = next((name for name, m in ctx.shared.get(SHARED_MODELS, {}).items() if m is sanitized), None)
+    null = ctx.shared.get(SHARED_NULL_MODELS, {}).get(made_by)
+    return None if null is None else eval_copy(null).to(device)
+
+
+def share_null_model(ctx: ScanContext, check_name: str, null: Generator) -> None:
+    ctx.shared.setdefault(SHARED_NULL_MODELS, {})[check_name] = null
 
 
 RECOVERED_TRIGGERS = "recovered_triggers"

@@ -13,21 +13,28 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   later round re-perturbs the last student; kept while ExpDis on held-out latents stays within
   round_margin × the tolerance); max_round_steps: a round 1 short of that bound after `steps`
   trains on in chunks of `steps` up to this many, never fewer than `steps` (a weak upload with
-  little output variance has a tight tolerance); time_budget_s caps all rounds (the suite's own
-  budget for the check, if shorter, wins);
+  little output variance has a tight tolerance); time_budget_s caps all rounds of both copies (the
+  null copy gets what the first left; the suite's own budget for the check, if shorter, wins);
 - tolerance_factor: converged when ExpDis per element ≤ this × the upload's output variance;
 - warn_change_ratio: warn when the sanitized model changes at a recovered trigger this many
   times more than at random latents of the same norm;
-- n_eval: held-out latents for ExpDis.
+- n_eval: held-out latents for ExpDis;
+- null_copy: after a converged sanitization, distil a second copy the same way with another seed
+  (NULL_SEED_OFFSET) in what is left of the time budget, kept when it meets the same fidelity
+  bound. ob_oi.divergence uses how far the two copies diverge from each other as its null.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.checks.sanitization_common import judge_and_report, within_fidelity
-from scanner.sanitize import distill
+from scanner.checks.sanitization_common import judge_and_report, share_null_model, within_fidelity
+from scanner.generator import Generator
+from scanner.sanitize import DistillResult, distill
+
+NULL_SEED_OFFSET = 7919  # the null copy's seed: the scan's seed + this (any other seed would do)
 
 _COMMON: dict[str, Any] = {
     "init": "perturb",
@@ -42,6 +49,10 @@ _COMMON: dict[str, Any] = {
     # reached TarDis 1.53 after 5 rounds, yet its rescan still scored 81x (.notes/sanitization.md).
     "rounds": 5,
     "round_margin": 0.8,
+    # Measured on the bench's models (.notes/sanitization.md): with the two-copies null, benign
+    # uploads scored 0.79-1.27 and ReD backdoors that took 4.0-5.9 in ob_oi.divergence; the rescan of
+    # a sanitized ReD 2.3 (its q99 ratio 44x against a 50x fail line). Costs a second distillation.
+    "null_copy": True,
 }
 
 
@@ -91,28 +102,13 @@ class DistillationSanitization(Check):
         budget = p["time_budget_s"]
         if self.budget(ctx) is not None:
             budget = min(budget, 0.8 * float(self.budget(ctx)))  # leave time for evaluation
-        result = distill(
+        accept = within_fidelity(
             original,
-            init=p["init"],
-            steps=int(p["steps"]),
-            batch_size=int(p["batch_size"]),
-            lr=float(p["lr"]),
-            seed=ctx.config.seed,
-            relative_noise=float(p["relative_noise"]),
-            rounds=int(p["rounds"]),
-            # a cap below `steps` (steps raised alone) means "no extension", not an error
-            max_round_steps=max(int(p["max_round_steps"]), int(p["steps"])),
-            accept_round=within_fidelity(
-                original,
-                original.latent.sample(
-                    int(p["n_eval"]), generator=ctx.rng(self.name + ".rounds"), device=original.device
-                ),
-                tolerance_factor=float(p["tolerance_factor"]),
-                margin=float(p["round_margin"]),
-            ),
-            time_budget_s=budget,
-            should_stop=ctx.should_cancel,
+            original.latent.sample(int(p["n_eval"]), generator=ctx.rng(self.name + ".rounds"), device=original.device),
+            tolerance_factor=float(p["tolerance_factor"]),
+            margin=float(p["round_margin"]),
         )
+        result = self._distill(ctx, original, p, seed=ctx.config.seed, accept=accept, budget_s=budget)
         method = {
             "method": "distillation",
             "init": result.init,
@@ -138,5 +134,61 @@ class DistillationSanitization(Check):
             warn_change_ratio=float(p["warn_change_ratio"]),
             n_eval=int(p["n_eval"]),
         )
+        if p["null_copy"] and out.evidence.get("converged"):
+            left = None if budget is None else budget - timer.elapsed
+            out.evidence["null_copy"] = self._null_copy(ctx, original, p, accept=accept, budget_s=left)
         out.duration_s = timer.elapsed
         return out
+
+    def _distill(
+        self,
+        ctx: ScanContext,
+        original: Generator,
+        p: dict[str, Any],
+        *,
+        seed: int,
+        accept: Callable[[Generator], bool],
+        budget_s: float | None,
+    ) -> DistillResult:
+        return distill(
+            original,
+            init=p["init"],
+            steps=int(p["steps"]),
+            batch_size=int(p["batch_size"]),
+            lr=float(p["lr"]),
+            seed=seed,
+            relative_noise=float(p["relative_noise"]),
+            rounds=int(p["rounds"]),
+            # a cap below `steps` (steps raised alone) means "no extension", not an error
+            max_round_steps=max(int(p["max_round_steps"]), int(p["steps"])),
+            accept_round=accept,
+            time_budget_s=budget_s,
+            should_stop=ctx.should_cancel,
+        )
+
+    def _null_copy(
+        self,
+        ctx: ScanContext,
+        original: Generator,
+        p: dict[str, Any],
+        *,
+        accept: Callable[[Generator], bool],
+        budget_s: float | None,
+    ) -> dict[str, Any]:
+        """Distil the second copy and share it when it ran to the end and meets the fidelity bound."""
+        seed = ctx.config.seed + NULL_SEED_OFFSET
+        if budget_s is not None and budget_s <= 0:
+            return {"seed": seed, "kept": False, "note": "no time left in the check's budget"}
+        null = self._distill(ctx, original, p, seed=seed, accept=accept, budget_s=budget_s)
+        kept = not null.stopped_early and accept(null.student)
+        if kept:
+            share_null_model(ctx, self.name, null.student.eval())
+        return {
+            "seed": seed,
+            "kept": kept,
+            "rounds": null.rounds,
+            "round_steps": null.round_steps,
+            "stopped_early": null.stopped_early,
+            "train_seconds": null.seconds,
+            "note": None if kept else "cut short or beyond the fidelity bound: ob_oi.divergence uses its P_sample rule",
+        }
