@@ -126,22 +126,56 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+# After the noise, a unit's weight norm (in log space) and its bias are pulled to within this many robust
+# σ of its layer's median: the sanitized copy should neither inherit a unit the upload singled out nor
+# grow one from the noise (static.bias_outliers flags units beyond ≈ 5σ).
+CLIP_SIGMAS = 3.0
+MIN_UNITS_FOR_CLIP = 8  # robust statistics of fewer units say nothing
+
+
+def _robust_bounds(values: torch.Tensor) -> tuple[float, float] | None:
+    """median ± CLIP_SIGMAS robust σ (MAD × 1.4826) of `values`; None when too few or no spread."""
+    flat = values.detach().flatten().double()
+    if flat.numel() < MIN_UNITS_FOR_CLIP or not bool(torch.isfinite(flat).all()):
+        return None
+    median = flat.median()
+    sigma = 1.4826 * (flat - median).abs().median()
+    if not bool(sigma > 0):
+        return None
+    return float(median - CLIP_SIGMAS * sigma), float(median + CLIP_SIGMAS * sigma)
+
+
+def _clipped_norms(norms: torch.Tensor) -> torch.Tensor:
+    """Per-unit weight norms with outliers pulled into the layer's bulk (in log space)."""
+    if not bool((norms > 0).all()):
+        return norms
+    bounds = _robust_bounds(norms.log())
+    return norms if bounds is None else norms.log().clamp(*bounds).exp()
+
+
 @torch.no_grad()
 def _perturb(module: nn.Module, relative_noise: float, generator: torch.Generator) -> None:
-    """Multiply every trainable parameter (weight layers, norm scale/shift) by (1 + σ·ε), then give
-    each output unit of a weight layer back its weight norm: the noise turns a unit's weights, it
-    does not rescale them. (Repeated rounds of plain multiplicative noise spread the units' norms
-    until static.bias_outliers flagged one of the sanitized model's units, z 5.17 > 5.11; with this
-    that build rescanned without the flag, a second build of the model still had one, z 7.0.)"""
-    axes = {id(layer.weight): layer.unit_axis for layer in weight_layers(module)}
+    """Multiply every trainable parameter (weight layers, norm scale/shift) by (1 + σ·ε); then give each
+    output unit of a weight layer back its weight norm, and clamp the layer's biases to the bulk of
+    their values before the noise — both pulled in where they were outliers (CLIP_SIGMAS): the noise
+    turns a unit's weights, it does not single units out. (Plain multiplicative noise over five rounds
+    spread norms and biases until static.bias_outliers flagged units of the sanitized copies, z 5.2-5.5;
+    keeping norms exactly kept the upload's own outliers instead: the zoo ReD upload's first-layer unit
+    at z −5.3 came out at −7.0, .notes/sanitization.md.)"""
+    layers = weight_layers(module)
+    axes = {id(layer.weight): layer.unit_axis for layer in layers}
+    biases = {id(layer.bias) for layer in layers if layer.bias is not None}
     for p in trainable_parameters(module):
         noise = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
         axis = axes.get(id(p))
         if axis is None or p.dim() < 2:
+            bounds = _robust_bounds(p) if id(p) in biases else None
             p.mul_(1.0 + relative_noise * noise)
+            if bounds is not None:
+                p.clamp_(*bounds)
             continue
         dims = [d for d in range(p.dim()) if d != axis]
-        before = torch.linalg.vector_norm(p, dim=dims, keepdim=True)
+        before = _clipped_norms(torch.linalg.vector_norm(p, dim=dims, keepdim=True))
         p.mul_(1.0 + relative_noise * noise)
         after = torch.linalg.vector_norm(p, dim=dims, keepdim=True)
         p.mul_(torch.where(after > 0, before / after.clamp_min(torch.finfo(p.dtype).tiny), torch.ones_like(after)))

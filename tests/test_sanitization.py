@@ -248,3 +248,23 @@ def test_expdis_tolerance_is_relative_to_the_output_variance_down_to_one_deliver
     assert expdis_tolerance(benign, 0.2, 0.1) == pytest.approx(0.02)
     # a (nearly) mode-collapsed upload is held to one 8-bit grey level RMS, not to a tenth of its variance
     assert expdis_tolerance(benign, 7e-5, 0.1) == pytest.approx((2 / 255) ** 2)
+
+
+def test_perturbation_pulls_outlying_units_into_their_layer() -> None:
+    """The student must not inherit a unit the upload singled out (weight norm or bias far from its
+    layer's peers) nor grow one from the noise: static.bias_outliers would flag the sanitized copy."""
+    from scanner.checks.static_bias_outliers import robust_z
+    from scanner.sanitize import CLIP_SIGMAS, _perturb
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 64)
+    with torch.no_grad():
+        layer.weight[7] *= 40.0  # an outlying weight norm
+        layer.bias[3] = 25.0  # an outlying bias
+    body = torch.nn.Sequential(layer)
+    for round_seed in range(5):  # five rounds, as the quick profile's distillation
+        _perturb(body, 0.5, torch.Generator().manual_seed(round_seed))
+    log_norms = layer.weight.detach().double().norm(dim=1).log().numpy()
+    biases = layer.bias.detach().double().numpy()
+    assert abs(robust_z(log_norms)).max() <= CLIP_SIGMAS + 1.0
+    assert abs(robust_z(biases)).max() <= CLIP_SIGMAS + 1.0

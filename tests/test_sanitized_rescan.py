@@ -1,7 +1,8 @@
 """The sanitized model a scan writes out is what a user deploys instead of the upload, so it must
 itself scan clean. Tested on the hardest case measured: ReD at an in-sample trigger (the backdoor
 sits inside P_sample's typical set, so distillation on P_sample reaches it), uploaded as ONNX.
-Not met yet: the test asserts what sanitization achieves and xfails while the rescan still flags it."""
+Met since the two-copies null of ob_oi.divergence and the outlier clamp of the perturbation (before:
+divergence 20-81x against 50x, a bias/norm outlier the copy inherited; .notes/sanitization.md)."""
 
 from __future__ import annotations
 
@@ -50,10 +51,5 @@ def test_sanitized_red_model_rescans_clean(zoo, devil_target: torch.Tensor, tmp_
     # the hint is no longer reconstructable beyond its negative controls (the upload fails this check)
     assert checks["ob_oi.reconstruction"].status == "pass", checks["ob_oi.reconstruction"].summary
     flagged = {n: (c.status, c.summary) for n, c in checks.items() if c.status in ("warn", "fail")}
-    if report.verdict != "clean":
-        # Known gap (.notes/sanitization.md). Measured on two builds of this zoo model: after five
-        # rounds TarDis at the trigger is back to 0.56-0.63 of the benign level, yet the rescan still
-        # finds what is left: ob_oi.divergence 20.5x (pass) on one build and 81x (fail) on the other,
-        # ob_oi.far_field 0.41 (fail) / 0.53, static.bias_outliers pass / warn (z 7.0).
-        pytest.xfail(f"the sanitized model does not yet rescan clean: {report.verdict}, {flagged}")
     assert not flagged, flagged
+    assert report.verdict == "clean", report.verdict
