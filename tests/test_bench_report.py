@@ -1,0 +1,69 @@
+"""The benchmark's bookkeeping: which attacks count as having taken, where GPU results go, and what
+BENCHMARKS.md says about them. BENCHMARKS.md is what users read to choose dgmscan, so a figure filed
+under the wrong device or group would mislead them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench.__main__ import RESULTS_DIR, results_name
+from bench.detection import backdoor_took
+from bench.full_profile import summarise
+from bench.report import render
+
+
+def _record(model: str, attack: str, family: str, verdict: str, tardis: float | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"model": model, "attack": attack, "family": family, "verdict": verdict, "checks": {}}
+    if tardis is not None:
+        record["tardis_mean_at_trigger"] = tardis
+    return record
+
+
+def test_gpu_results_never_overwrite_the_cpu_files() -> None:
+    assert results_name("speed", "cpu") == "speed"
+    assert results_name("speed", "cuda") == "speed_cuda"
+    assert results_name("table1", "cuda:1") == "table1_cuda"
+
+
+def test_an_attack_took_when_its_trigger_reproduces_the_target_on_the_models_scale() -> None:
+    assert backdoor_took(_record("a", "red", "dcgan", "clean", 0.04)) is True
+    assert backdoor_took(_record("b", "red", "dcgan", "clean", 0.2)) is False
+    # the VAE draws in [0, 1]: the same visible error is a quarter of the squared distance
+    assert backdoor_took(_record("c", "red", "vae", "clean", 0.04)) is False
+    assert backdoor_took(_record("d", "red", "vae", "clean", 0.01)) is True
+    assert backdoor_took(_record("e", "benign", "dcgan", "clean", None)) is None
+
+
+def test_full_profile_summary_counts_caught_attacks_by_whether_they_took() -> None:
+    records = [
+        _record("benign", "benign", "dcgan", "clean", None),
+        _record("took-caught", "red", "dcgan", "backdoored", 0.001),
+        _record("took-missed", "red", "dcgan", "clean", 0.01),
+        _record("weak-caught", "red", "dcgan", "suspicious", 0.3),
+        _record("weak-missed", "trail", "dcgan", "clean", 0.4),
+    ]
+    summary = summarise(records)
+    assert (summary["n_benign"], summary["benign_clean"]) == (1, 1)
+    assert (summary["n_attacked"], summary["attacked_caught"]) == (4, 2)
+    assert (summary["n_took"], summary["took_caught"], summary["did_not_take_caught"]) == (2, 1, 1)
+
+
+def test_report_puts_a_partial_gpu_run_in_its_own_section(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    assert "**GPU: not measured yet.**" in render(results)
+
+    speed = json.loads((RESULTS_DIR / "speed_cuda.json").read_text())  # a real cut-off H200 run
+    speed["partial"] = True
+    (results / "speed_cuda.json").write_text(json.dumps(speed))
+    shutil.copy(RESULTS_DIR / "speed.json", results / "speed.json")
+    text = render(results)
+    assert "**GPU: not measured yet.**" not in text
+    gpu = text[text.index("## 5. GPU") :]
+    assert f"`{speed['machine']['gpu']}`" in gpu and "**Partial run**" in gpu
+    assert f"N={speed['bf_oi']['n_fused']}" in gpu
+    cpu = text[text.index("## 3. Speed and scale") : text.index("## 5. GPU")]
+    assert "device `cpu`" in cpu and speed["machine"]["gpu"] not in cpu
