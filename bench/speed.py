@@ -406,38 +406,39 @@ def run_speed(
         log.info("speed: resuming; kept %s", kept)
     else:
         results["machine"] = machine_info(device)
-    if "matmul" not in results:
-        results["matmul"] = matmul_flops(device, size=1024 if quick else 4096, repeats=5)
-    mm = results["matmul"]
-    log.info("speed: matmul %.1f GFLOP/s", mm["flops_per_s"] / 1e9)
-    if "bf_oi" not in results:
-        results["bf_oi"] = bf_oi_speed(
+
+    def stage(key: str, measure: Callable[[], Any]) -> None:
+        """Measure one stage unless the resumed run already has it; save progress after it."""
+        if key in results:
+            return
+        results[key] = measure()
+        log.info("speed: %s %s", key, results[key])
+        stage_done()
+
+    stage("matmul", lambda: matmul_flops(device, size=1024 if quick else 4096, repeats=5))
+    stage(
+        "bf_oi",
+        lambda: bf_oi_speed(
             g,
             n_fused=8192 if quick else FULL_BF_OI_N,
             n_naive=128 if quick else 4096,
             batch_size=1024 if quick else 4096,
             repeats=3,
-            matmul_rate=mm["flops_per_s"],
-        )
-        log.info("speed: bf_oi %s", results["bf_oi"])
-        stage_done()
-    if torch.device(device).type == "cuda" and not quick and "bf_oi_batch_sweep" not in results:
+            matmul_rate=results["matmul"]["flops_per_s"],
+        ),
+    )
+    if torch.device(device).type == "cuda" and not quick:
         # A GPU is far from saturated by 4096-sample batches of a small generator: the same 1M-sample
         # Closest-N at larger batches, to show where throughput levels off.
-        results["bf_oi_batch_sweep"] = bf_oi_batch_sweep(g, n=FULL_BF_OI_N, batch_sizes=GPU_BATCH_SWEEP, repeats=3)
-        log.info("speed: bf_oi batch sweep %s", results["bf_oi_batch_sweep"])
-        stage_done()
-    if "ob_oi" not in results:
-        # Quick: few steps, the sequential side dominates the whole quick run on a loaded CPU.
-        results["ob_oi"] = ob_oi_speed(g, restarts=8, steps=20 if quick else 200, repeats=3)
-        log.info("speed: ob_oi %s", results["ob_oi"])
-        stage_done()
-    if "scale_out" not in results:
-        results["scale_out"] = scale_out(
+        stage("bf_oi_batch_sweep", lambda: bf_oi_batch_sweep(g, n=FULL_BF_OI_N, batch_sizes=GPU_BATCH_SWEEP, repeats=3))
+    # Quick: few steps, the sequential side dominates the whole quick run on a loaded CPU.
+    stage("ob_oi", lambda: ob_oi_speed(g, restarts=8, steps=20 if quick else 200, repeats=3))
+    stage(
+        "scale_out",
+        lambda: scale_out(
             model_path, device=device, n=16384 if quick else 262_144, batch_size=1024 if quick else 4096, repeats=3
-        )
-        log.info("speed: scale_out %s", results["scale_out"])
-        stage_done()
+        ),
+    )
     # Quick mode: the cheap detector checks only, one repeat (the machine is shared); full: the whole profiles.
     profiles = e2e_profiles or (["quick"] if quick else ["quick", "standard", "full"])
     repeats = e2e_repeats or (1 if quick else 3)
