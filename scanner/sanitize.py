@@ -34,9 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from scanner.analysis.robust import MIN_UNITS, robust_location_scale
 from scanner.generator import WEIGHT_LAYER_TYPES, Generator, weight_layers
 
 StudentInit = Literal["reinit", "perturb", "finetune"]
@@ -130,19 +132,18 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
 # σ of its layer's median: the sanitized copy should neither inherit a unit the upload singled out nor
 # grow one from the noise (static.bias_outliers flags units beyond ≈ 5σ).
 CLIP_SIGMAS = 3.0
-MIN_UNITS_FOR_CLIP = 8  # robust statistics of fewer units say nothing
 
 
 def _robust_bounds(values: torch.Tensor) -> tuple[float, float] | None:
-    """median ± CLIP_SIGMAS robust σ (MAD × 1.4826) of `values`; None when too few or no spread."""
-    flat = values.detach().flatten().double()
-    if flat.numel() < MIN_UNITS_FOR_CLIP or not bool(torch.isfinite(flat).all()):
+    """median ± CLIP_SIGMAS robust σ of `values` (static.bias_outliers' statistics); None when too
+    few, not finite or without spread."""
+    flat = values.detach().flatten().double().cpu().numpy()
+    if flat.size < MIN_UNITS or not np.isfinite(flat).all():
         return None
-    median = flat.median()
-    sigma = 1.4826 * (flat - median).abs().median()
-    if not bool(sigma > 0):
+    median, sigma = robust_location_scale(flat)
+    if sigma <= 0:
         return None
-    return float(median - CLIP_SIGMAS * sigma), float(median + CLIP_SIGMAS * sigma)
+    return median - CLIP_SIGMAS * sigma, median + CLIP_SIGMAS * sigma
 
 
 def _clipped_norms(norms: torch.Tensor) -> torch.Tensor:

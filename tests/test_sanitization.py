@@ -253,7 +253,7 @@ def test_expdis_tolerance_is_relative_to_the_output_variance_down_to_one_deliver
 def test_perturbation_pulls_outlying_units_into_their_layer() -> None:
     """The student must not inherit a unit the upload singled out (weight norm or bias far from its
     layer's peers) nor grow one from the noise: static.bias_outliers would flag the sanitized copy."""
-    from scanner.checks.static_bias_outliers import robust_z
+    from scanner.analysis.robust import robust_z
     from scanner.sanitize import CLIP_SIGMAS, _perturb
 
     torch.manual_seed(0)

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from scanner.analysis.probing import latent_scale
+from scanner.analysis.robust import bonferroni_threshold, robust_z
 from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
-from scanner.checks.static_bias_outliers import bonferroni_threshold, robust_z
 
 HARD_BOUND = 1e3
 # a generator whose *typical* local slope is 100× its global rate of change is rough everywhere

@@ -19,29 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from scanner.analysis.robust import MIN_UNITS, bonferroni_threshold, robust_z
 from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
-
-MIN_UNITS = 8  # robust statistics of fewer units say nothing
-
-
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """(x − median) / (1.4826·MAD); falls back to the mean absolute deviation when MAD is 0
-    (e.g. most biases exactly zero), and to ±inf for values off a constant layer."""
-    med = np.median(values)
-    dev = np.abs(values - med)
-    scale = 1.4826 * np.median(dev)
-    if scale == 0:
-        scale = 1.2533 * float(np.mean(dev))  # mean abs deviation → σ for a Gaussian
-    if scale == 0:
-        return np.zeros_like(values)
-    return (values - med) / scale
-
-
-def bonferroni_threshold(n_tests: int, alpha: float) -> float:
-    """Two-sided Gaussian quantile at family-wise error alpha over n_tests."""
-    return float(stats.norm.isf(alpha / (2 * max(n_tests, 1))))
 
 
 @register_check
