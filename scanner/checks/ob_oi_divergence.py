@@ -73,7 +73,7 @@ class DivergenceCheck(Check):
         p = self.params(ctx)
         budget = self.budget(ctx)
 
-        def search(generator: Generator) -> DivergenceResult:
+        def search(generator: Generator, n_baseline: int) -> DivergenceResult:
             return divergence_search(
                 generator,
                 frozen_s,
@@ -82,11 +82,11 @@ class DivergenceCheck(Check):
                 lr=float(p["lr"]),
                 radius_factor=float(p["radius_factor"]),
                 seed=ctx.config.seed,
-                n_baseline=int(p["n_baseline"]),
+                n_baseline=n_baseline,
                 should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
             )
 
-        res = search(frozen)
+        res = search(frozen, int(p["n_baseline"]))
         numel = frozen.output.numel
         finite = torch.isfinite(res.baseline)
         if not finite.any():
@@ -96,7 +96,7 @@ class DivergenceCheck(Check):
         best_div = float(res.divergence[best])
         q99_score = _ratio(best_div, reference)
         null = frozen_null_copy(ctx, frozen.device)
-        null_res = search(null) if null is not None else None
+        null_res = search(null, 0) if null is not None else None  # its P_sample baseline is never used
         null_best: float | None = None
         if null_res is not None and null_res.steps >= int(p["steps"]):  # a search cut short says too little
             null_best = float(torch.nan_to_num(null_res.divergence, nan=0.0).max())

@@ -50,7 +50,8 @@ def divergence_search(
 
     with torch.no_grad():
         base_z = sample_block(generator.latent, n_baseline, seed, 1, device, stream=DIVERGENCE_STREAM)
-        baseline = torch.cat([div(base_z[i : i + 512]) for i in range(0, n_baseline, 512)])
+        chunks = [div(base_z[i : i + 512]) for i in range(0, n_baseline, 512)]
+        baseline = torch.cat(chunks) if chunks else torch.empty(0, device=device)  # n_baseline 0: no baseline
     z = sample_block(generator.latent, restarts, seed, 0, device, stream=DIVERGENCE_STREAM).requires_grad_(True)
     max_norm = radius_factor * typical_radius(generator.latent)
     optimiser = torch.optim.Adam([z], lr=lr)
