@@ -172,11 +172,17 @@ def test_later_distillation_rounds_are_kept_only_within_the_fidelity_bound(backd
 
 
 def test_a_first_distillation_round_short_of_the_bound_trains_on_up_to_its_cap(backdoored: Generator) -> None:
-    # round 1 is refused twice (20 + 20 + 20 steps); round 2 gets 20 steps, round 3 is not extended
+    # round 1 is refused twice (20 + 20 + 20 steps); round 2 meets the bound at 20 steps; round 3 is
+    # refused once and extended by one chunk, to its cap of 2 x steps
     bound = _answers(False, False, True, True, False, True)
     extended = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=bound, max_round_steps=100)
-    assert (extended.rounds, extended.round_steps, extended.steps) == (2, [60, 20], 80)
-    assert extended.round_notes == ["round 3 rejected by the fidelity bound: kept round 2"]
+    assert (extended.rounds, extended.round_steps, extended.steps) == (3, [60, 20, 40], 120)
+    assert extended.round_notes == []
+    # a later round still short of the bound at 2 x steps is rejected, not trained on to round 1's cap
+    refused_twice = _answers(True, False, False)
+    short = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=refused_twice, max_round_steps=100)
+    assert (short.rounds, short.round_steps) == (1, [20])
+    assert short.round_notes == ["round 2 rejected by the fidelity bound: kept round 1"]
     # a round 1 that never meets the bound stops at its cap and no later round runs
     never = distill(backdoored, steps=20, rounds=3, seed=0, accept_round=lambda _c: False, max_round_steps=50)
     assert (never.rounds, never.round_steps) == (1, [50])
