@@ -13,7 +13,8 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   later round re-perturbs the last student; kept while ExpDis on held-out latents stays within
   round_margin × the tolerance); max_round_steps: a round 1 short of that bound after `steps`
   trains on in chunks of `steps` up to this many, never fewer than `steps` (a weak upload with
-  little output variance has a tight tolerance); time_budget_s caps all rounds of both copies (the
+  little output variance has a tight tolerance); a later round trains on up to 2 × `steps`
+  (scanner.sanitize.LATER_ROUND_STEPS_FACTOR); time_budget_s caps all rounds of both copies (the
   null copy gets what the first left; the suite's own budget for the check, if shorter, wins);
 - tolerance_factor: converged when ExpDis per element ≤ this × the upload's output variance;
 - warn_change_ratio: warn when the sanitized model changes at a recovered trigger this many
