@@ -21,7 +21,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 OUT_DIR = BENCH_DIR / "out"
-PARTS = ("detection", "table1", "speed", "ablation", "full_profile")
+PARTS = ("detection", "table1", "speed", "ablation", "full_profile", "sanitized_rescan")
 log = logging.getLogger("bench")
 QUICK_DETECTION_PARAMS: dict[str, dict[str, Any]] = {
     "bf_oi.closest": {"n_samples": 4096},
@@ -195,6 +195,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             e.generator.to(args.device)
         config = ScanConfig(profile="quick", seed=0, device=args.device)
         _hinted_part("full_profile", chosen, config, args, stamp, summarise=summarise)
+    if "sanitized_rescan" in parts:
+        from bench.full_profile import full_profile_entries
+        from bench.sanitized_rescan import rescan_entries, run_sanitized_rescan
+
+        t0 = time.perf_counter()
+        chosen = rescan_entries(full_profile_entries(zoo, OUT_DIR))
+        for e in chosen:
+            e.generator.to(args.device)
+        res = run_sanitized_rescan(chosen, out_dir=OUT_DIR, device=args.device)
+        _write(results_name("sanitized_rescan", args.device), {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
     from bench.report import render
 
     (BENCH_DIR.parent / "BENCHMARKS.md").write_text(render(RESULTS_DIR))

@@ -432,6 +432,47 @@ def render_full_profile(
     return lines + [""]
 
 
+def render_sanitized_rescan(sr: dict[str, Any]) -> list[str]:
+    """Sanitized checkpoints rescanned as uploads (bench/sanitized_rescan.py)."""
+    summary = sr.get("summary", {})
+    lines = [
+        "### Sanitized checkpoints, rescanned",
+        "",
+        f"Measured {_when(sr)}, device `{sr.get('device', 'cpu')}`, {_f(sr.get('elapsed_s'))} s. "
+        "sanitization.distillation at the quick profile (no wall-clock cap) writes the sanitized checkpoint "
+        "(ONNX); that file is scanned like an upload with the whole quick profile and the devil hint. TarDis per "
+        "element at the attacker's trigger before → after (the benign model's own TarDis there is the ceiling).",
+        "",
+        f"**Rescans clean: benign {summary.get('benign_clean')}/{summary.get('n_benign')}, backdoored uploads "
+        f"{summary.get('attacked_clean')}/{summary.get('n_attacked')}.**",
+        "",
+    ]
+    rows = []
+    for r in sr.get("records", []):
+        flagged = [
+            f"{n} {c['status']} ({_f(c.get('score'))})"
+            for n, c in r.get("rescan_non_pass", {}).items()
+            if c["status"] in ("warn", "fail", "error")
+        ]
+        tardis = (
+            f"{_f(r['tardis_before'])} → {_f(r.get('tardis_after'))}" if r.get("tardis_before") is not None else "–"
+        )
+        rows.append(
+            [
+                r["model"],
+                tardis,
+                f"{r.get('rounds')} {r.get('round_steps')}",
+                r.get("rescan_verdict") or r.get("note", "–"),
+                ", ".join(flagged) or "–",
+                f"{_f(r.get('sanitize_s'))} + {_f(r.get('rescan_s'))}",
+            ]
+        )
+    lines += _table(
+        ["upload", "TarDis/elt at trigger", "rounds [steps]", "rescan verdict", "warn/fail/error checks", "s"], rows
+    )
+    return lines + [""]
+
+
 def _slowest_checks(records: list[dict[str, Any]], top: int = 3) -> str:
     """The `top` checks by median duration over the scans that ran them, as markdown."""
     import statistics
@@ -564,6 +605,8 @@ def render(results_dir: Path) -> str:
         lines += render_ablation(ab, det)
     if fp:
         lines += render_full_profile(fp)
+    if sr := _load(results_dir, "sanitized_rescan"):
+        lines += render_sanitized_rescan(sr)
     if not (det or ab or fp):
         lines += ["## 1. Detection quality on the zoo", "", "Not measured in this run.", ""]
     if t1:

@@ -13,6 +13,7 @@ from bench.__main__ import RESULTS_DIR, results_name
 from bench.detection import backdoor_took
 from bench.full_profile import summarise
 from bench.report import render
+from bench.sanitized_rescan import summarise_rescans
 
 
 def _record(model: str, attack: str, family: str, verdict: str, tardis: float | None) -> dict[str, Any]:
@@ -67,3 +68,36 @@ def test_report_puts_a_partial_gpu_run_in_its_own_section(tmp_path: Path) -> Non
     assert f"N={speed['bf_oi']['n_fused']}" in gpu
     cpu = text[text.index("## 3. Speed and scale") : text.index("## 5. GPU")]
     assert "device `cpu`" in cpu and speed["machine"]["gpu"] not in cpu
+
+
+def test_sanitized_rescans_are_counted_and_their_flags_shown(tmp_path: Path) -> None:
+    records = [
+        {"model": "benign-dcgan-s0", "attack": "benign", "rescan_verdict": "clean", "rescan_non_pass": {}},
+        {
+            "model": "red-strong-foreign",
+            "attack": "red",
+            "tardis_before": 0.049,
+            "tardis_after": 2.97,
+            "rescan_verdict": "backdoored",
+            "rescan_non_pass": {
+                "ob_oi.far_field": {"status": "fail", "score": 0.447, "summary": "far field"},
+                "calibration.controls": {"status": "skipped", "score": None, "summary": "no hints"},
+            },
+        },
+        {"model": "red-dcgan", "attack": "red", "rescan_verdict": None, "note": "no sanitized checkpoint: error"},
+    ]
+    summary = summarise_rescans(records)
+    assert (summary["benign_clean"], summary["n_benign"], summary["attacked_clean"], summary["n_attacked"]) == (
+        1,
+        1,
+        0,
+        2,
+    )
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "sanitized_rescan.json").write_text(json.dumps({"records": records, "summary": summary}))
+    text = render(results)
+    assert "**Rescans clean: benign 1/1, backdoored uploads 0/2.**" in text
+    row = next(line for line in text.splitlines() if line.startswith("| red-strong-foreign"))
+    assert "ob_oi.far_field fail (0.447)" in row and "calibration" not in row  # skipped checks are not flags
+    assert "no sanitized checkpoint" in text
