@@ -20,16 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.zoo import ZooEntry
+from bench.zoo import DEVIL_PNG, ZooEntry, load_target
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.sanitize import target_distance
 from scanner.suite import run_scan
+from tests.tiny_models import SANITIZATION_NO_TIME_CAP
 
 log = logging.getLogger(__name__)
-
-DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
-NO_TIME_CAP = {"sanitization.distillation": {"time_budget_s": 3600.0}}
 
 
 def rescan_entries(full_profile: list[ZooEntry]) -> list[ZooEntry]:
@@ -40,10 +38,8 @@ def rescan_entries(full_profile: list[ZooEntry]) -> list[ZooEntry]:
 
 def sanitize_and_rescan(entry: ZooEntry, *, out_dir: Path, device: str = "cpu") -> dict[str, Any]:
     """One record: sanitization figures of the upload and the rescan of its written checkpoint."""
-    from bench.zoo import load_target
-
     work = Path(out_dir) / "sanitized_rescan" / entry.name
-    config = ScanConfig(profile="quick", seed=0, device=device, params=NO_TIME_CAP)
+    config = ScanConfig(profile="quick", seed=0, device=device, params=SANITIZATION_NO_TIME_CAP)
     hint = entry.target if entry.backdoored else load_target("devil", entry.generator.output.value_range)
     ctx = ScanContext(entry.generator, [TargetHint("devil", hint)], config, work / "upload")
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.zoo import ZooEntry, load_target
+from bench.zoo import DEVIL_PNG, ZooEntry, load_target
 from scanner.generator import Generator
 from scanner.search.closest import block_layout, closest_blocks, closest_n
 from scanner.search.common import eval_copy
@@ -397,7 +397,7 @@ def run_speed(
     g = benign.generator.copy().to(device).eval()
     model_path = Path(out_dir) / "speed" / f"{benign.name}.safetensors"
     save_safetensors(benign.generator, model_path)
-    target_png = REPO / "data" / "targets" / "devil_28x28.png"
+    target_png = DEVIL_PNG
     results: dict[str, Any] = {"model": benign.name, "parameters": sum(p.numel() for p in g.parameters())}
     kept = [k for k in RESUMABLE_STAGES if resume and k in resume and resume.get("model") == benign.name]
     if resume and kept:

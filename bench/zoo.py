@@ -34,6 +34,7 @@ log = logging.getLogger("bench.zoo")
 
 # Bump when a recipe changes, so stale cache entries are not reused.
 ZOO_VERSION = 1
+DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"  # as users upload it
 TARGET_NAMES: tuple[str, ...] = ("devil", "digit7")
 
 
