@@ -18,8 +18,7 @@ from scanner.generator import Generator
 from scanner.suite import run_scan
 from tests.foreign_models import LATENT, export_foreign_onnx, train_foreign_generator
 from tests.tiny_models import SANITIZATION_NO_TIME_CAP
-
-DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
+from tests.zoo import DEVIL_PNG
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ from scanner.onnx.export import export_onnx
 from scanner.sanitize import target_distance
 from scanner.suite import run_scan
 from tests.tiny_models import SANITIZATION_NO_TIME_CAP
-
-DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
+from tests.zoo import DEVIL_PNG
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from scanner.suite import (
     topological_order,
 )
 from scanner.verdict import decide_verdict, exit_code
+from tests.zoo import DEVIL_PNG
 
 Register = Callable[[type[Check]], type[Check]]
 
@@ -406,7 +407,6 @@ def test_exit_codes(verdict: str, code: int) -> None:
 
 
 # -- integration: the real quick profile ------------------------------------------------------
-DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
 
 
 @pytest.mark.slow

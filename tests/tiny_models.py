@@ -8,7 +8,7 @@ from scanner.architectures import build
 from scanner.data import load_mnist
 from scanner.generator import Generator
 
-# Sanitization stops at a wall-clock budget in the quick profile (25 s / 20 s): lifted in tests so a
+# Sanitization stops at a wall-clock budget (the quick profile's time_budget_s): lifted in tests so a
 # loaded CI machine runs the same number of steps and gets the same result.
 SANITIZATION_NO_TIME_CAP = {
     name: {"time_budget_s": 3600.0} for name in ("sanitization.distillation", "sanitization.fine_pruning")

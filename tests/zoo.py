@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 # Bump when training recipes change, so stale cache entries are not reused.
 ZOO_VERSION = 1
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".pytest_cache" / "dgmscan-zoo"
+# The paper's devil target as users upload it (a PNG file), for end-to-end scans.
+DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
 
 # The small zoo DCGAN: dcgan28 at base=16 (≈ 0.45M parameters) — produces digit-like samples
 # after 2 epochs on the 10k shipped digits.
