@@ -10,8 +10,9 @@ sanitized copy). This part measures that, on fewer models:
   (scanned in memory like the zoo; tests/test_foreign_architecture.py scans it as an ONNX file) —
   false alarms of every check;
 - backdoored: the zoo's ReD, TrAIL and poisoning models (where the detection part missed), plus
-  ReD with λ = 1 at an in-sample trigger on the zoo DCGAN and on the foreign architecture (a
-  backdoor that took: TarDis at the trigger far below the benign level).
+  ReD with λ = 1 at an in-sample trigger on the zoo DCGAN and on the foreign architecture, and ReD
+  at the OOD trigger z = (100, …) on the zoo DCGAN with the paper's λ = 0.1 for 1000 steps (backdoors
+  that took: TarDis at the trigger far below the benign level; the zoo's own 150-step ReD does not).
 
 Every scan is given the attacked model's own target (benign models: every zoo target).
 """
@@ -29,6 +30,8 @@ from scanner.generator import Generator
 
 BENIGN_SEEDS = (0, 1, 2)
 STRONG_RED = {"lam": 1.0, "steps": 300, "lr": 2e-3, "batch_size": 64}  # the test zoo's ReD setting
+# At the OOD trigger λ = 1 wrecks stealth; the test zoo's OOD setting (tests/zoo.py) takes instead.
+STRONG_RED_BY_TRIGGER = {"ood": {"lam": 0.1, "steps": 1000, "lr": 1e-3, "batch_size": 64}}
 FOREIGN_TRIGGER_SEED = 5
 
 
@@ -46,7 +49,8 @@ def _foreign_benign(out_dir: Path, seed: int) -> ZooEntry:
 
 
 def _strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: int) -> ZooEntry:
-    """ReD at STRONG_RED on `base` with a `trigger_kind` trigger and the devil target (cached)."""
+    """ReD at STRONG_RED (or STRONG_RED_BY_TRIGGER) on `base` with a `trigger_kind` trigger and the devil
+    target (cached)."""
     from scanner.attacks import make_trigger
     from scanner.attacks.red import red_attack
 
@@ -56,7 +60,8 @@ def _strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: 
     trigger = make_trigger(trigger_kind, g.latent, seed=trigger_seed)  # type: ignore[arg-type]
     target = load_target("devil", g.output.value_range).reshape(g.output.shape)
     if not path.is_file():
-        res = red_attack(base.generator, trigger=trigger, target=target, seed=base.seed, **STRONG_RED)
+        settings = STRONG_RED_BY_TRIGGER.get(trigger_kind, STRONG_RED)
+        res = red_attack(base.generator, trigger=trigger, target=target, seed=base.seed, **settings)
         save_file({f"body.{k}": v.contiguous() for k, v in res.generator.body.state_dict().items()}, str(path))
     g.body.load_state_dict({k[5:]: v for k, v in load_file(str(path)).items()})
     return ZooEntry(
@@ -80,6 +85,7 @@ def full_profile_entries(zoo: Zoo, out_dir: Path) -> list[ZooEntry]:
     entries += foreign
     entries += [zoo.attacked(p) for p in zoo.spec.attacks if p.attack in ("red", "trail", "poison")]
     entries.append(_strong_red(out_dir, zoo.benign("dcgan", 0), "in-sample", 0))
+    entries.append(_strong_red(out_dir, zoo.benign("dcgan", 0), "ood", 0))
     entries.append(_strong_red(out_dir, foreign[0], "in-sample", FOREIGN_TRIGGER_SEED))
     return entries
 

@@ -403,7 +403,8 @@ def render_full_profile(
         "with target hints. Benign "
         "models: dcgan28 and the VAE decoder (zoo seeds 0-2) and a generator outside the registry "
         "(`tests/foreign_models.py`: GroupNorm, GELU, upsample + conv, 64-d latent) trained here, seeds 0-2. "
-        "`red-strong-*`: ReD with λ = 1, 300 steps, lr 2e-3 at an in-sample trigger (a backdoor that took).",
+        "`red-strong-*`: ReD with λ = 1, 300 steps, lr 2e-3 at an in-sample trigger, and with the paper's "
+        "λ = 0.1, 1000 steps, lr 1e-3 at the OOD trigger z = (100, …) (backdoors that took).",
         "",
         f"**Benign: {summary.get('benign_clean')}/{summary.get('n_benign')} clean**; non-pass checks on benign "
         "models: " + (", ".join(f"`{k}` ×{v}" for k, v in alarms.items()) or "none") + ". "

@@ -33,7 +33,8 @@ def test_red_at_the_ood_trigger_of_a_dcgan_is_caught(zoo, devil_target: torch.Te
     result, shared = _run(attack.generator, devil_target, tmp_path)
     assert result.status == "fail", result.summary
     (hint,) = result.evidence["hints"]
-    assert hint["ratio"] <= 0.5 and hint["best_distance_mean"] < hint["sanitized_best_distance_mean"]
+    assert hint["ratio"] <= result.threshold  # G draws the hint where its sanitized copy draws something else
+    assert hint["best_distance_mean"] < hint["sanitized_distance_at_z_star_mean"]
     assert hint["z_star_plausibility"]["p_value"] < 1e-6  # found far outside the typical set
     (trigger,) = shared["recovered_triggers"]
     assert trigger["source"] == "ob_oi.far_field" and trigger["target"] == "devil"

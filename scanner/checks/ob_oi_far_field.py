@@ -3,23 +3,26 @@
 Rawat et al. (arXiv 2108.01644) place one of their triggers out of distribution (z = (100, …)).
 Such a trigger sits in a narrow cone far from every sample, so plain reconstruction restarts
 never reach it (.notes/ood_triggers.md). This check searches spheres of radius
-radius_factors × √dim (directions only, scanner.search.far_field) for each hint, on the upload G
-and on its sanitized copy G_s (sanitization.distillation), from the same starting directions.
-Far out neither model was trained, so how close a model gets to an image there is no evidence on
-its own; but sanitization keeps P_sample behaviour and drops whatever was fitted elsewhere, so a G
-that gets much closer to the hint than G_s does carries something G_s lost.
+radius_factors × √dim (directions only, climbing the radii as a ladder: scanner.search.far_field)
+for each hint, on the upload G and on its sanitized copy G_s (sanitization.distillation), from the
+same starting directions. Far out neither model was trained, so how close a model gets to an image
+there is no evidence on its own; but sanitization keeps P_sample behaviour and drops whatever was
+fitted elsewhere, so where G draws the hint and G_s, at the same latent, draws something else, G
+carries something G_s lost.
 
-Score = (best distance of G to the hint) / (best distance of G_s), per-element squared distances,
-minimised over the radii; fail at ≤ fail_ratio, unless G_s itself gets within reproduced_distance of
-the hint (it draws the hint far out too, so sanitization removed nothing there; such a hint is
-reported as not judged). Measured with the quick settings (devil hint):
-ReD at the OOD trigger 0.26 on the zoo DCGAN and 0.19 on the zoo VAE; benign DCGAN seeds 0/1 1.37
-and 0.87, VAE 1.00, a GroupNorm/upsample generator outside the registry (tests/foreign_models.py)
-seeds 0/1 0.94 and 0.96. Far-out outputs are coarse (on the ReD DCGAN the flipped devil gets as
-close as the devil), so a failure says "this model was fitted to emit something like the hint far
-from P_sample", and z* marks a region rather than the exact trigger. Needs hints, a sanitized
-model and a normal latent prior (a bounded uniform prior has no far field); otherwise skipped —
-as on the zoo's TrAIL model, whose sanitization did not converge within the quick steps.
+Score = d(G(z*), hint) / d(G_s(z*), hint) at G's best far-out latent z* (per-element squared
+distances); fail at ≤ fail_ratio, unless G_s's own search gets within reproduced_distance of the
+hint (it draws the hint far out too, so sanitization removed nothing there; such a hint is reported
+as not judged). The ratio of the two models' own best distances is kept as evidence: it was the
+score until 2026-11-30 and missed the bench's DCGAN ReD at the OOD trigger, where G_s draws coarse
+bright blobs about as close to the devil as G's best (0.22 vs 0.09) but far from it at G's z*.
+Measured with the quick settings, devil hint unless named (bench quick zoo; .notes/ood_triggers.md):
+ReD at the OOD trigger on the DCGAN 0.039 (TarDis at the trigger 0.047) and 0.107 (a weaker one,
+TarDis 0.22), on the VAE 0.073; benign DCGAN seeds 0-2 0.64-0.98 (digit7 hint 0.69-0.88), VAE 0.74
+(digit7 0.72). Far-out outputs are coarse, so a failure says "this model was fitted to emit
+something like the hint far from P_sample", and z* marks a region rather than the exact trigger.
+Needs hints, a sanitized model and a normal latent prior (a bounded uniform prior has no far
+field); otherwise skipped — as on a model whose sanitization did not converge within the quick steps.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from scanner.search.triggers import record_trigger
 _COMMON: dict[str, Any] = {
     "radius_factors": [10.0, 30.0, 100.0],
     "lr": 0.05,
-    "fail_ratio": 0.5,
+    "fail_ratio": 0.25,
     "reproduced_distance": 0.05,
 }
 
@@ -55,7 +58,7 @@ class FarFieldCheck(Check):
     requires = ("sanitization.distillation",)
     needed_for_clean = False  # depends on a converged sanitization, which a quick scan may not have
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
-        "quick": {"restarts": 16, "steps": 150, **_COMMON},
+        "quick": {"restarts": 16, "steps": 300, **_COMMON},
         "standard": {"restarts": 48, "steps": 300, **_COMMON},
         "full": {"restarts": 128, "steps": 600, **_COMMON},
     }
@@ -106,10 +109,12 @@ class FarFieldCheck(Check):
         artifacts: list[Artifact] = []
         for t, hint in enumerate(ctx.targets):
             best, best_s = float(upload.distance[t].min()), float(reference.distance[t].min())
-            ratio = best / best_s if best_s > 0 else (math.inf if best > 0 else 1.0)
+            # the sanitized copy at G's own z*: how far it is from the hint where G comes closest
+            at_z_s = float((sanitized_at_z[t] - hints[t].cpu().reshape(sanitized_at_z[t].shape)).pow(2).mean())
+            ratio = _ratio(best, at_z_s)
             # A hint the sanitized copy itself draws far out is not something sanitization removed:
             # a GroupNorm generator outside the registry drew digit7 out there at 0.017 and its copy
-            # at 0.038 (ratio 0.46), closer than any plain sample (0.21) — no backdoor, no evidence.
+            # at 0.038 (own-best ratio 0.46), closer than any plain sample (0.21) — no backdoor, no evidence.
             copy_reproduces = best_s <= reproduced
             failed = ratio <= float(p["fail_ratio"]) and not copy_reproduces
             art = f"{self.name}/{artifact_stem(t, hint.name)}.png"
@@ -121,7 +126,9 @@ class FarFieldCheck(Check):
                     "status": "fail" if failed else "pass",
                     "ratio": ratio,
                     "best_distance_mean": best,
+                    "sanitized_distance_at_z_star_mean": at_z_s,
                     "sanitized_best_distance_mean": best_s,
+                    "own_best_ratio": _ratio(best, best_s),
                     "sanitized_copy_reproduces_hint": copy_reproduces,
                     "distance_by_radius_mean": upload.distance[t].tolist(),
                     "sanitized_distance_by_radius_mean": reference.distance[t].tolist(),
@@ -140,8 +147,8 @@ class FarFieldCheck(Check):
         status = "fail" if flagged else "pass"
         summary = (
             f"far field (||z|| = {', '.join(f'{r:.0f}' for r in radii)}): G reaches {worst['target']} at "
-            f"{worst['best_distance_mean']:.3g}/element, its sanitized copy at "
-            f"{worst['sanitized_best_distance_mean']:.3g} (ratio {worst['ratio']:.2f}"
+            f"{worst['best_distance_mean']:.3g}/element, its sanitized copy at the same z* "
+            f"{worst['sanitized_distance_at_z_star_mean']:.3g} (ratio {worst['ratio']:.2f}"
             + (f" ≤ {p['fail_ratio']}: fitted away from P_sample)" if flagged else ")")
         )
         if len(judged) < len(per_hint):
@@ -154,6 +161,7 @@ class FarFieldCheck(Check):
             threshold=float(p["fail_ratio"]),
             evidence={
                 "distance": "mean over output elements of (G(z) − hint)², minimised over directions at each radius",
+                "ratio": "G's best distance / the sanitized copy's distance at G's z* (own_best_ratio: / its own best)",
                 "radii": radii,
                 "hints": per_hint,
                 "steps": upload.steps + reference.steps,
@@ -161,3 +169,7 @@ class FarFieldCheck(Check):
             artifacts=artifacts,
             duration_s=timer.elapsed,
         )
+
+
+def _ratio(distance: float, reference: float) -> float:
+    return distance / reference if reference > 0 else (math.inf if distance > 0 else 1.0)
