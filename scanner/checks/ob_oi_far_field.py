@@ -19,8 +19,13 @@ bright blobs about as close to the devil as G's best (0.22 vs 0.09) but far from
 Measured with the quick settings, devil hint unless named (bench quick zoo; .notes/ood_triggers.md):
 ReD at the OOD trigger on the DCGAN 0.039 (TarDis at the trigger 0.047) and 0.107 (a weaker one,
 TarDis 0.22), on the VAE 0.073; benign DCGAN seeds 0-2 0.64-0.98 (digit7 hint 0.69-0.88), VAE 0.74
-(digit7 0.72). Far-out outputs are coarse, so a failure says "this model was fitted to emit
+(digit7 0.72); on the test zoo's DCGAN (tests/zoo.py) ReD at the OOD trigger 0.040, benign 0.72.
+In the bench's whole quick profile: benign (DCGAN, VAE, foreign, seeds 0-2) 0.65-0.90, backdoors
+0.010-0.23 (BENCHMARKS.md). Far-out outputs are coarse, so a failure says "this model was fitted to emit
 something like the hint far from P_sample", and z* marks a region rather than the exact trigger.
+Weak spot: an in-distribution hint that a benign G draws far out where its copy draws something
+else scores low too (the foreign generator's digit7: 0.066); only the copy drawing it elsewhere
+(there 0.007 ≤ reproduced_distance) keeps such a hint from a false alarm.
 Needs hints, a sanitized model and a normal latent prior (a bounded uniform prior has no far
 field); otherwise skipped — as on a model whose sanitization did not converge within the quick steps.
 """
