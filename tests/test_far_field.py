@@ -12,14 +12,19 @@ from scanner.attacks import make_trigger
 from scanner.attacks.red import red_attack
 from scanner.checks.base import CheckResult, ScanConfig, ScanContext, TargetHint
 from scanner.checks.ob_oi_far_field import FarFieldCheck
+from scanner.checks.sanitization_common import share_model, share_null_model
 from scanner.generator import Generator
 from scanner.sanitize import distill
 
 
-def _run(model: Generator, hint: torch.Tensor, tmp_path: Path, *, sanitize: bool = True) -> tuple[CheckResult, dict]:
+def _run(
+    model: Generator, hint: torch.Tensor, tmp_path: Path, *, sanitize: bool = True, null: bool = False
+) -> tuple[CheckResult, dict]:
     ctx = ScanContext(model, [TargetHint("devil", hint)], ScanConfig(profile="quick", seed=0), tmp_path)
     if sanitize:  # one round of sanitization.distillation's quick steps (the check runs up to five)
-        ctx.shared["sanitization.model"] = distill(model, init="perturb", steps=300, seed=0).student
+        share_model(ctx, "sanitization.distillation", distill(model, init="perturb", steps=300, seed=0).student)
+    if null:  # the second copy (other seed) sanitization.distillation makes for the two-copies null
+        share_null_model(ctx, "sanitization.distillation", distill(model, init="perturb", steps=300, seed=1).student)
     return FarFieldCheck().run(ctx), ctx.shared
 
 
@@ -33,6 +38,7 @@ def test_red_at_the_ood_trigger_of_a_dcgan_is_caught(zoo, devil_target: torch.Te
     result, shared = _run(attack.generator, devil_target, tmp_path)
     assert result.status == "fail", result.summary
     (hint,) = result.evidence["hints"]
+    assert hint["null_ratio"] is None and result.threshold == 0.25  # no second copy: judged on the ratio
     assert hint["ratio"] <= result.threshold  # G draws the hint where its sanitized copy draws something else
     assert hint["best_distance_mean"] < hint["sanitized_distance_at_z_star_mean"]
     assert hint["z_star_plausibility"]["p_value"] < 1e-6  # found far outside the typical set
@@ -44,9 +50,23 @@ def test_red_at_the_ood_trigger_of_a_dcgan_is_caught(zoo, devil_target: torch.Te
     level = 2 * hint["sanitized_best_distance_mean"]
     config = ScanConfig(profile="quick", seed=0, params={"ob_oi.far_field": {"reproduced_distance": level}})
     lenient = ScanContext(attack.generator, [TargetHint("devil", devil_target)], config, tmp_path / "lenient")
-    lenient.shared["sanitization.model"] = shared["sanitization.model"]
+    share_model(lenient, "sanitization.distillation", shared["sanitization.model"])
     not_judged = FarFieldCheck().run(lenient)
     assert not_judged.status == "pass" and "not judged: devil" in not_judged.summary, not_judged.summary
+
+
+@pytest.mark.slow
+def test_two_copies_null_keeps_the_ood_red_failing_and_the_benign_dcgan_passing(
+    zoo, benign_dcgan: Generator, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    caught, _ = _run(zoo.attacked("red", "ood", seed=0).generator, devil_target, tmp_path / "red", null=True)
+    (hint,) = caught.evidence["hints"]
+    assert caught.evidence["null_search"] == "complete" and hint["null_ratio"] is not None
+    assert caught.status == "fail" and caught.threshold == 0.5, caught.summary
+    assert hint["score"] == pytest.approx(hint["ratio"] / hint["null_ratio"])
+    clean, _ = _run(benign_dcgan, devil_target, tmp_path / "benign", null=True)
+    assert clean.status == "pass", clean.summary
+    assert clean.score is not None and clean.score > 2 * caught.score
 
 
 @pytest.mark.slow
