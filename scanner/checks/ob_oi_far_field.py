@@ -106,9 +106,6 @@ class FarFieldCheck(Check):
             )
 
         upload, reference = search(frozen), search(frozen_s)
-        null = frozen_null_copy(ctx, frozen.device)
-        null_res = search(null) if null is not None else None
-        use_null = null_res is not None and null_res.complete  # a null searched for fewer steps says too little
         if not (upload.complete and reference.complete):
             # a copy searched for fewer steps looks farther from the hint: judging would be unfair
             return self.result(
@@ -117,9 +114,18 @@ class FarFieldCheck(Check):
                 f"{2 * len(radii) * int(p['steps'])} steps): time budget or cancellation",
                 duration_s=timer.elapsed,
             )
+        null = frozen_null_copy(ctx, frozen.device)
+        null_res = search(null) if null is not None else None
+        use_null = null_res is not None and null_res.complete  # a null searched for fewer steps says too little
+        hints_cpu = hints.cpu()
         with torch.no_grad():
             sanitized_at_z = frozen_s(upload.z.to(frozen.device)).cpu()
-            sanitized_at_null_z = frozen_s(null_res.z.to(frozen.device)).cpu() if use_null else None
+            at_z_s_all = _distance_mean(sanitized_at_z, hints_cpu)
+            null_at_all = (
+                _distance_mean(frozen_s(null_res.z.to(frozen.device)).cpu(), hints_cpu)
+                if use_null and null_res is not None
+                else None
+            )
         low, high = frozen.output.value_range
         reproduced = float(p["reproduced_distance"]) * ((high - low) / 2) ** 2
         per_hint: list[dict[str, Any]] = []
@@ -127,16 +133,15 @@ class FarFieldCheck(Check):
         for t, hint in enumerate(ctx.targets):
             best, best_s = float(upload.distance[t].min()), float(reference.distance[t].min())
             # the sanitized copy at G's own z*: how far it is from the hint where G comes closest
-            at_z_s = float((sanitized_at_z[t] - hints[t].cpu().reshape(sanitized_at_z[t].shape)).pow(2).mean())
+            at_z_s = float(at_z_s_all[t])
             ratio = _ratio(best, at_z_s)
             # Two-copies null: the same ratio for a second sanitized copy (other seed) against the
             # first. Copies of a model whose far field was reshaped (a ReD upload, or the sanitized
             # copy of one, rescanned) draw coarse blobs near any bright hint there and differ from
             # each other at those latents as much as the upload does (.notes/ood_triggers.md).
             null_ratio: float | None = None
-            if use_null and null_res is not None and sanitized_at_null_z is not None:
-                null_at = (sanitized_at_null_z[t] - hints[t].cpu().reshape(sanitized_at_null_z[t].shape)).pow(2).mean()
-                null_ratio = _ratio(float(null_res.distance[t].min()), float(null_at))
+            if null_res is not None and null_at_all is not None:
+                null_ratio = _ratio(float(null_res.distance[t].min()), float(null_at_all[t]))
             if null_ratio is not None and not math.isfinite(null_ratio):
                 null_ratio = None  # the copy drew the hint exactly there: copy_reproduces decides below
             score = _ratio(ratio, null_ratio) if null_ratio is not None else ratio
@@ -147,7 +152,7 @@ class FarFieldCheck(Check):
             copy_reproduces = best_s <= reproduced
             failed = score <= line and not copy_reproduces
             art = f"{self.name}/{artifact_stem(t, hint.name)}.png"
-            save_strip([hints[t].cpu(), upload.output[t], sanitized_at_z[t]], frozen.output, ctx.artifact_path(art))
+            save_strip([hints_cpu[t], upload.output[t], sanitized_at_z[t]], frozen.output, ctx.artifact_path(art))
             artifacts.append(Artifact(art, "image/png", f"hint {hint.name} | G(z*) | sanitized G_s(z*), far field"))
             per_hint.append(
                 {
@@ -211,6 +216,11 @@ class FarFieldCheck(Check):
             artifacts=artifacts,
             duration_s=timer.elapsed,
         )
+
+
+def _distance_mean(outputs: torch.Tensor, hints: torch.Tensor) -> torch.Tensor:
+    """Per-element mean squared distance of each output (T, *out) to its hint (T, *out): (T,)."""
+    return (outputs.reshape(outputs.shape[0], -1) - hints.reshape(hints.shape[0], -1)).pow(2).mean(1)
 
 
 def _ratio(distance: float, reference: float) -> float:
