@@ -14,25 +14,14 @@ Ratio = d(G(z*), hint) / d(G_s(z*), hint) at G's best far-out latent z* (per-ele
 distances). Two-copies null, as in ob_oi.divergence: sanitization.distillation also makes a second
 copy G_b (other seed); the same search on G_b gives null_ratio = d(G_b(z_b*)) / d(G_s(z_b*)), and
 score = ratio / null_ratio fails at ≤ null_fail_ratio (without a complete null search: the ratio
-alone, at ≤ fail_ratio). The null is what keeps a rescanned sanitized copy of a ReD model clean:
-its far field still draws coarse blobs near the devil (0.22) that its own copies draw elsewhere
-(ratio 0.16, null 0.17, score 0.95; the ReD upload itself: 0.043 / 0.156 = 0.28; benign DCGAN s0
-and s1: 1.75 and 1.07). A hint that G_s's own search gets within reproduced_distance of is not
-judged (G_s draws the hint far out too, so sanitization removed nothing there). The ratio of the
-two models' own best distances is kept as evidence: it was the score until 2026-11-30 and missed
-the bench's DCGAN ReD at the OOD trigger, where G_s draws coarse bright blobs about as close to the
-devil as G's best (0.22 vs 0.09) but far from it at G's z*. Ratios measured with the quick
-settings, devil hint unless named (bench quick zoo; .notes/ood_triggers.md): ReD at the OOD trigger
-on the DCGAN 0.039 (TarDis at the trigger 0.047) and 0.107 (a weaker one, TarDis 0.22), on the VAE
-0.073; benign DCGAN seeds 0-2 0.64-0.98 (digit7 hint 0.69-0.88), VAE 0.74 (digit7 0.72); on the
-test zoo's DCGAN (tests/zoo.py) ReD at the OOD trigger 0.040, benign 0.72. Without the null, in the
-bench's whole quick profile: benign (DCGAN, VAE, foreign, seeds 0-2) 0.65-0.90, backdoors 0.010-0.23
-— and the rescanned sanitized copy of the OOD ReD failed (the reason for the null). Far-out outputs
-are coarse, so a failure says "this model was fitted to emit something like the hint far from
-P_sample", and z* marks a region rather than the exact trigger.
-Weak spot: an in-distribution hint that a benign G draws far out where its copy draws something
-else scores low too (the foreign generator's digit7: 0.066); only the copy drawing it elsewhere
-(there 0.007 ≤ reproduced_distance) keeps such a hint from a false alarm.
+alone, at ≤ fail_ratio). A hint that G_s's own search gets within reproduced_distance of is not
+judged (G_s draws the hint far out too, so sanitization removed nothing there). The ratio of the two models' own best
+distances is kept as evidence only.
+Far-out outputs are coarse, so a failure says "this model was fitted to emit something like the
+hint far from P_sample", and z* marks a region rather than the exact trigger. Figures, the history
+of the score (the null is what keeps a rescanned sanitized copy of a ReD model clean) and the
+weak spot — an in-distribution hint that a benign G draws far out where its copy draws something
+else — are in .notes/ood_triggers.md.
 Needs hints, a sanitized model and a normal latent prior (a bounded uniform prior has no far
 field); otherwise skipped — as on a model whose sanitization did not converge within the quick steps.
 """
