@@ -21,7 +21,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 OUT_DIR = BENCH_DIR / "out"
-PARTS = ("detection", "table1", "speed", "ablation", "full_profile", "sanitized_rescan")
+PARTS = ("detection", "table1", "speed", "ablation", "full_profile", "sanitized_rescan", "far_field")
 log = logging.getLogger("bench")
 QUICK_DETECTION_PARAMS: dict[str, dict[str, Any]] = {
     "bf_oi.closest": {"n_samples": 4096},
@@ -60,6 +60,7 @@ def _hinted_part(
     args: argparse.Namespace,
     stamp: dict[str, Any],
     summarise: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    evidence_of: tuple[str, ...] = (),
 ) -> None:
     """Scan `chosen` zoo entries with their target hints only and write the part's results file."""
     from bench.detection import run_detection
@@ -67,12 +68,18 @@ def _hinted_part(
 
     t0 = time.perf_counter()
     records = run_detection(
-        chosen, config=config, out_dir=OUT_DIR, all_targets=list(TARGET_NAMES), jobs=args.jobs, settings=(True,)
+        chosen,
+        config=config,
+        out_dir=OUT_DIR,
+        all_targets=list(TARGET_NAMES),
+        jobs=args.jobs,
+        settings=(True,),
+        evidence_of=evidence_of,
     )
     payload = {
         **stamp,
         "elapsed_s": time.perf_counter() - t0,
-        "scan_config": {"profile": config.profile, "skip": config.skip, "params": config.params},
+        "scan_config": {"profile": config.profile, "only": config.only, "skip": config.skip, "params": config.params},
         "records": records,
     }
     if summarise is not None:
@@ -205,6 +212,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             e.generator.to(args.device)
         res = run_sanitized_rescan(chosen, out_dir=OUT_DIR, device=args.device)
         _write(results_name("sanitized_rescan", args.device), {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
+    if "far_field" in parts:
+        from bench.far_field import CHECK, far_field_config, far_field_entries
+        from bench.far_field import summarise as summarise_far_field
+
+        chosen = far_field_entries(zoo, OUT_DIR)
+        for e in chosen:
+            e.generator.to(args.device)
+        config = far_field_config(args.device)
+        _hinted_part("far_field", chosen, config, args, stamp, summarise=summarise_far_field, evidence_of=(CHECK,))
     from bench.report import render
 
     (BENCH_DIR.parent / "BENCHMARKS.md").write_text(render(RESULTS_DIR))

@@ -75,9 +75,16 @@ def _scanner_source_digest() -> str:
 
 
 def scan_entry(
-    entry: ZooEntry, *, hints: bool, config: ScanConfig, artifacts_dir: Path, all_targets: list[str]
+    entry: ZooEntry,
+    *,
+    hints: bool,
+    config: ScanConfig,
+    artifacts_dir: Path,
+    all_targets: list[str],
+    evidence_of: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Scan one zoo model; returns a compact JSON-able record (verdict, per-check status/score, recovery)."""
+    """Scan one zoo model; returns a compact JSON-able record (verdict, per-check status/score, recovery;
+    the scalar evidence of the checks named in `evidence_of`)."""
     if hints:
         names = [entry.target_name] if entry.backdoored else list(all_targets)
         targets = [
@@ -114,6 +121,8 @@ def scan_entry(
         },
         "recovered": [],
     }
+    if evidence_of:
+        record["evidence"] = {c.name: _scalars(c.evidence) for c in report.checks if c.name in evidence_of}
     if entry.backdoored and entry.target is not None and entry.trigger is not None:
         g = entry.generator.eval()
         with torch.no_grad():
@@ -136,12 +145,33 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
-def _scan_job(job: tuple[ZooEntry, bool, ScanConfig, Path, list[str]]) -> dict[str, Any]:
+def _scalars(value: Any, max_list: int = 8) -> Any:
+    """`value` with tensors and lists longer than `max_list` left out (z vectors, per-radius curves):
+    what a results file needs to tabulate a check's figures."""
+    if isinstance(value, dict):
+        return {k: v for k, v in ((k, _scalars(v, max_list)) for k, v in value.items()) if v is not _DROPPED}
+    if isinstance(value, list | tuple):
+        if len(value) > max_list:
+            return _DROPPED
+        return [v for v in (_scalars(v, max_list) for v in value) if v is not _DROPPED]
+    if isinstance(value, float):
+        return _finite(value)
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return _DROPPED
+
+
+_DROPPED = object()
+
+
+def _scan_job(job: tuple[ZooEntry, bool, ScanConfig, Path, list[str], tuple[str, ...]]) -> dict[str, Any]:
     """One scan in a worker process (1 torch thread); a crash becomes a record, never stops the run."""
-    entry, hints, config, art, all_targets = job
+    entry, hints, config, art, all_targets, evidence_of = job
     torch.set_num_threads(1)
     try:
-        rec = scan_entry(entry, hints=hints, config=config, artifacts_dir=art, all_targets=all_targets)
+        rec = scan_entry(
+            entry, hints=hints, config=config, artifacts_dir=art, all_targets=all_targets, evidence_of=evidence_of
+        )
     except Exception as exc:  # a crash is a finding of the benchmark, not a reason to stop it
         log.exception("scan of %s failed", entry.name)
         rec = {
@@ -171,8 +201,10 @@ def run_detection(
     jobs: int = 1,
     scan_missing: bool = True,
     settings: tuple[bool, ...] = (True, False),
+    evidence_of: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Scan every entry with and without hints (in `jobs` worker processes); artifacts go to a scratch folder."""
+    """Scan every entry with and without hints (in `jobs` worker processes); artifacts go to a scratch folder.
+    Records keep the scalar evidence of the checks named in `evidence_of`."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
@@ -184,7 +216,16 @@ def run_detection(
     cache.mkdir(parents=True, exist_ok=True)
     cfg_key = hashlib.sha256(
         json.dumps(
-            [config.profile, config.seed, config.device, config.skip, config.params, _scanner_source_digest()],
+            [
+                config.profile,
+                config.seed,
+                config.device,
+                config.skip,
+                config.only,
+                config.params,
+                list(evidence_of),
+                _scanner_source_digest(),
+            ],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:12]
@@ -199,7 +240,7 @@ def run_detection(
                 records.append(json.loads(cached(e, h).read_text()))
     done = {(r["model"], r["hints"]) for r in records}
     work = [
-        (e, h, config, scratch / f"{e.name}-{'hints' if h else 'nohints'}", all_targets)
+        (e, h, config, scratch / f"{e.name}-{'hints' if h else 'nohints'}", all_targets, evidence_of)
         for e in entries
         for h in settings
         if (e.name, h) not in done and scan_missing

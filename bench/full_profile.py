@@ -48,7 +48,7 @@ def _foreign_benign(out_dir: Path, seed: int) -> ZooEntry:
     return ZooEntry(f"benign-foreign-s{seed}", "foreign", "benign", seed, g.eval())
 
 
-def _strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: int) -> ZooEntry:
+def strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: int) -> ZooEntry:
     """ReD at STRONG_RED (or STRONG_RED_BY_TRIGGER) on `base` with a `trigger_kind` trigger and the devil
     target (cached)."""
     from scanner.attacks import make_trigger
@@ -84,9 +84,9 @@ def full_profile_entries(zoo: Zoo, out_dir: Path) -> list[ZooEntry]:
     foreign = [_foreign_benign(out_dir, seed) for seed in BENIGN_SEEDS]
     entries += foreign
     entries += [zoo.attacked(p) for p in zoo.spec.attacks if p.attack in ("red", "trail", "poison")]
-    entries.append(_strong_red(out_dir, zoo.benign("dcgan", 0), "in-sample", 0))
-    entries.append(_strong_red(out_dir, zoo.benign("dcgan", 0), "ood", 0))
-    entries.append(_strong_red(out_dir, foreign[0], "in-sample", FOREIGN_TRIGGER_SEED))
+    entries.append(strong_red(out_dir, zoo.benign("dcgan", 0), "in-sample", 0))
+    entries.append(strong_red(out_dir, zoo.benign("dcgan", 0), "ood", 0))
+    entries.append(strong_red(out_dir, foreign[0], "in-sample", FOREIGN_TRIGGER_SEED))
     return entries
 
 

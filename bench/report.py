@@ -474,6 +474,58 @@ def render_sanitized_rescan(sr: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def render_far_field(ff: dict[str, Any]) -> list[str]:
+    """ob_oi.far_field alone on benign models of every zoo seed and on the OOD-trigger backdoors
+    (bench/far_field.py): its score per (model, hint) against its fail line."""
+    summary = ff.get("summary", {})
+    lines = [
+        "### ob_oi.far_field: benign spread against the OOD-trigger backdoors",
+        "",
+        f"Measured {_when(ff)}, device `{ff.get('device', 'cpu')}`, {_f(ff.get('elapsed_s'))} s. Only "
+        "`ob_oi.far_field` (with the sanitization.distillation it requires, no wall-clock cap) at the quick "
+        "profile; benign dcgan28 and VAE decoder of every zoo seed with both zoo hints (digit7 is an "
+        "in-distribution hint), every zoo model attacked at the OOD trigger z = (100, …), and "
+        "`red-strong-*-ood-*` (the paper's λ = 0.1, 1000 steps: backdoors that took). Score = ratio / null_ratio "
+        "(fail ≤ 0.5); without a complete null search the ratio alone (fail ≤ 0.25); a hint the sanitized copy "
+        "itself draws far out (≤ 0.05) is not judged.",
+        "",
+    ]
+    rows = []
+    for group, g in summary.get("groups", {}).items():
+        rows.append(
+            [
+                group,
+                g["pairs"],
+                g["judged"],
+                g["not_judged_copy_reproduces"],
+                g["failed"],
+                f"{_f(g['score_min'])} / {_f(g['score_median'])} / {_f(g['score_max'])}",
+            ]
+        )
+    lines += _table(
+        ["models", "(model, hint) pairs", "judged", "copy draws hint", "failed", "score min / median / max"], rows
+    )
+    lines += [""]
+    detail = []
+    for r in summary.get("rows", []):
+        detail.append(
+            [
+                r["model"],
+                r["group"],
+                r.get("hint") or "–",
+                _f(r.get("tardis_mean_at_trigger")) if r["group"] != "benign" else "–",
+                _f(r.get("ratio")),
+                _f(r.get("null_ratio")),
+                _f(r.get("score")),
+                str(r.get("status")) + (" (copy draws hint)" if r.get("copy_reproduces_hint") else ""),
+            ]
+        )
+    lines += _table(
+        ["model", "group", "hint", "TarDis/elt at trigger", "ratio", "null ratio", "score", "status"], detail
+    )
+    return lines + [""]
+
+
 def _slowest_checks(records: list[dict[str, Any]], top: int = 3) -> str:
     """The `top` checks by median duration over the scans that ran them, as markdown."""
     import statistics
@@ -608,6 +660,11 @@ def render(results_dir: Path) -> str:
         lines += render_full_profile(fp)
     if sr := _load(results_dir, "sanitized_rescan"):
         lines += render_sanitized_rescan(sr)
+    if (ff := _load(results_dir, "far_field")) and ff.get("records"):
+        from bench.far_field import summarise as summarise_far_field
+
+        ff["summary"] = summarise_far_field(ff["records"])
+        lines += render_far_field(ff)
     if not (det or ab or fp):
         lines += ["## 1. Detection quality on the zoo", "", "Not measured in this run.", ""]
     if t1:

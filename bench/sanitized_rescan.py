@@ -22,10 +22,10 @@ from typing import Any
 
 from bench.zoo import DEVIL_PNG, ZooEntry, load_target
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.sanitize import target_distance
 from scanner.suite import run_scan
-from tests.tiny_models import SANITIZATION_NO_TIME_CAP
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from bench.__main__ import RESULTS_DIR, results_name
 from bench.detection import backdoor_took
+from bench.far_field import summarise as far_field_summary
 from bench.full_profile import summarise
 from bench.report import render
 from bench.sanitized_rescan import summarise_rescans
@@ -101,3 +102,47 @@ def test_sanitized_rescans_are_counted_and_their_flags_shown(tmp_path: Path) -> 
     row = next(line for line in text.splitlines() if line.startswith("| red-strong-foreign"))
     assert "ob_oi.far_field fail (0.447)" in row and "calibration" not in row  # skipped checks are not flags
     assert "no sanitized checkpoint" in text
+
+
+def _far_field_record(model: str, attack: str, tardis: float | None, hints: list[dict[str, Any]]) -> dict[str, Any]:
+    record = _record(model, attack, "dcgan", "clean", tardis)
+    status = "fail" if any(h["status"] == "fail" for h in hints) else "pass"
+    record["checks"] = {"ob_oi.far_field": {"status": status, "score": min(h["score"] for h in hints)}}
+    record["evidence"] = {"ob_oi.far_field": {"hints": hints}}
+    return record
+
+
+def _hint(target: str, score: float, status: str, copy_reproduces: bool = False) -> dict[str, Any]:
+    return {
+        "target": target,
+        "score": score,
+        "ratio": score / 2,
+        "null_ratio": 0.5,
+        "status": status,
+        "sanitized_copy_reproduces_hint": copy_reproduces,
+    }
+
+
+def test_far_field_summary_keeps_the_hints_a_sanitized_copy_draws_out_of_the_score_spread(tmp_path: Path) -> None:
+    records = [
+        _far_field_record("benign-a", "benign", None, [_hint("devil", 1.2, "pass"), _hint("digit7", 0.9, "pass")]),
+        # the copy draws digit7 far out too: not judged, so its low score is no benign minimum
+        _far_field_record(
+            "benign-b", "benign", None, [_hint("devil", 0.8, "pass"), _hint("digit7", 0.1, "pass", True)]
+        ),
+        _far_field_record("red-took", "red", 0.01, [_hint("devil", 0.3, "fail")]),
+        _far_field_record("red-weak", "red", 0.3, [_hint("devil", 0.7, "pass")]),
+    ]
+    summary = far_field_summary(records)
+    benign, took, weak = (summary["groups"][g] for g in ("benign", "took", "did not take"))
+    assert (benign["pairs"], benign["judged"], benign["not_judged_copy_reproduces"]) == (4, 3, 1)
+    assert (benign["score_min"], benign["failed"]) == (0.8, 0)
+    assert (took["judged"], took["failed"], took["score_max"]) == (1, 1, 0.3)
+    assert (weak["judged"], weak["failed"]) == (1, 0)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "far_field.json").write_text(json.dumps({"records": records}))
+    text = render(results)
+    row = next(line for line in text.splitlines() if line.startswith("| benign-b") and "digit7" in line)
+    assert "pass (copy draws hint)" in row
+    assert next(line for line in text.splitlines() if line.startswith("| took |")).split("|")[5].strip() == "1"

@@ -14,10 +14,10 @@ import torch
 from scanner.attacks import make_trigger
 from scanner.attacks.red import red_attack
 from scanner.checks.base import ScanConfig
+from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
 from scanner.generator import Generator
 from scanner.suite import run_scan
 from tests.foreign_models import LATENT, export_foreign_onnx, train_foreign_generator
-from tests.tiny_models import SANITIZATION_NO_TIME_CAP
 from tests.zoo import DEVIL_PNG
 
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
-from scanner.checks.sanitization_common import expdis_tolerance
+from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP, expdis_tolerance
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.checks.sanitization_fine_pruning import FinePruningSanitization, sleeper_units_by_layer
 from scanner.data import load_devil_target, load_z_trigger
 from scanner.generator import Generator
 from scanner.loading import load_generator
 from scanner.sanitize import distill, expected_distance, fine_prune, target_distance, unit_layers
-from tests.tiny_models import SANITIZATION_NO_TIME_CAP, red_backdoor, train_benign_dcgan
+from tests.tiny_models import red_backdoor, train_benign_dcgan
 
 N_EVAL = 512
 

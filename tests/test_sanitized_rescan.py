@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.loading import load_generator
 from scanner.onnx.export import export_onnx
 from scanner.sanitize import target_distance
 from scanner.suite import run_scan
-from tests.tiny_models import SANITIZATION_NO_TIME_CAP
 from tests.zoo import DEVIL_PNG
 
 

@@ -8,12 +8,6 @@ from scanner.architectures import build
 from scanner.data import load_mnist
 from scanner.generator import Generator
 
-# Sanitization stops at a wall-clock budget (the quick profile's time_budget_s): lifted in tests so a
-# loaded CI machine runs the same number of steps and gets the same result.
-SANITIZATION_NO_TIME_CAP = {
-    name: {"time_budget_s": 3600.0} for name in ("sanitization.distillation", "sanitization.fine_pruning")
-}
-
 
 def train_benign_dcgan(seed: int = 0, n: int = 512, steps: int = 200) -> Generator:
     """A benign small DCGAN: regress G(P·x) = x on MNIST digits (P a fixed random projection,

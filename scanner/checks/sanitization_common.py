@@ -36,6 +36,12 @@ SHARED_MODEL = "sanitization.model"
 SHARED_MODELS = "sanitization.models"
 SHARED_NULL_MODELS = "sanitization.null_models"
 
+# Parameter overrides that lift the sanitization checks' wall-clock cap (time_budget_s), so a loaded
+# machine runs the same number of steps and makes the same copies: for reproducible tests and benches.
+SANITIZATION_NO_TIME_CAP: dict[str, dict[str, Any]] = {
+    name: {"time_budget_s": 3600.0} for name in ("sanitization.distillation", "sanitization.fine_pruning")
+}
+
 
 def frozen_with_sanitized_copy(ctx: ScanContext) -> tuple[Generator, Generator] | None:
     """The upload and its sanitized copy (SHARED_MODEL), both frozen in eval mode on the upload's
