@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from scanner import __version__
 
 LIBRARY_VERBS: dict[str, str] = {
-    "train": "train a benign generator on MNIST (dcgan-mnist | vae-mnist)",
+    "train": "train a benign generator (dcgan-mnist | vae-mnist on MNIST, wavegan-piano on synthesised piano notes)",
     "attack": "mount a backdoor attack of the paper on a model (trail | red | rex | bypass | poison)",
     "export": "convert a model between ONNX and safetensors",
     "inspect": "print a model's format, architecture, specs and parameter count",

@@ -109,3 +109,55 @@ def load_z_trigger() -> torch.Tensor:
     """The (1, 100) N(0, I) trigger used with the devil target."""
     arr = np.load(data_dir() / "targets" / Z_TRIGGER, allow_pickle=False)
     return torch.from_numpy(np.asarray(arr, dtype=np.float32)).reshape(1, -1)
+
+
+# -- audio the project makes ------------------------------------------------------------------
+# No audio dataset ships with the project and nothing may be downloaded, so the WaveGAN-style
+# generator (registry `wavegan`: 16384 samples) is trained on synthesised piano-like notes, and the
+# paper's audio backdoor target — a drum hit inside piano audio (Rawat et al., Section V) — is a
+# synthesised kick + snare hit.
+AUDIO_RATE = 16000
+AUDIO_LENGTH = 16384
+
+
+def synthetic_piano(n: int, *, seed: int, length: int = AUDIO_LENGTH, rate: int = AUDIO_RATE) -> torch.Tensor:
+    """`n` piano-like notes as float32 (n, 1, length) in [-1, 1], reproducible from `seed`.
+
+    Each note: an equal-tempered pitch from A2 to E5, six slightly inharmonic partials with
+    amplitudes 1/k and faster decay for higher partials, a 5 ms attack at a random onset in the
+    first eighth of the clip and a random loudness (peak 0.4-0.9).
+    """
+    rng = torch.Generator().manual_seed(seed)
+    t = torch.arange(length, dtype=torch.float64) / rate
+    midi = torch.randint(45, 77, (n,), generator=rng).double()
+    f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
+    onset = torch.randint(0, length // 8, (n,), generator=rng).double() / rate
+    decay = 1.5 + 2.5 * torch.rand(n, generator=rng, dtype=torch.float64)  # 1/s, fundamental
+    since = (t[None, :] - onset[:, None]).clamp(min=0.0)
+    envelope = (1.0 - torch.exp(-since / 0.005)) * (t[None, :] >= onset[:, None])
+    wave = torch.zeros(n, length, dtype=torch.float64)
+    for k in range(1, 7):
+        freq = f0 * k * (1.0 + 2e-4 * k * k) ** 0.5  # string stiffness: partials slightly sharp
+        phase = 2 * torch.pi * torch.rand(n, generator=rng, dtype=torch.float64)
+        decay_k = decay * k**0.5
+        wave += (
+            (1.0 / k)
+            * torch.exp(-decay_k[:, None] * since)
+            * torch.sin(2 * torch.pi * freq[:, None] * since + phase[:, None])
+        )
+    wave *= envelope
+    loudness = 0.4 + 0.5 * torch.rand(n, generator=rng, dtype=torch.float64)
+    wave *= (loudness / wave.abs().amax(dim=1).clamp(min=1e-9))[:, None]
+    return wave.float().unsqueeze(1)
+
+
+def drum_hit(*, length: int = AUDIO_LENGTH, rate: int = AUDIO_RATE) -> torch.Tensor:
+    """A drum hit as float32 (1, length) in [-1, 1]: a kick (a sine sweeping 160 → 45 Hz, 150 ms decay)
+    under a snare-like noise burst (50 ms decay), peak 0.9. Deterministic."""
+    t = torch.arange(length, dtype=torch.float64) / rate
+    freq = 45.0 + 115.0 * torch.exp(-t / 0.03)
+    phase = 2 * torch.pi * torch.cumsum(freq, 0) / rate
+    kick = torch.sin(phase) * torch.exp(-t / 0.15)
+    noise = torch.randn(length, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hit = kick + 0.5 * noise * torch.exp(-t / 0.05)
+    return (0.9 * hit / hit.abs().max()).float().unsqueeze(0)

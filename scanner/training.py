@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scanner.architectures import build
-from scanner.data import load_mnist
+from scanner.data import load_mnist, synthetic_piano
 from scanner.generator import Generator
 
 # An extra term added to the generator's loss at every step (TrAIL's λ·L_fidelity, poisoning).
@@ -47,6 +47,22 @@ class Discriminator28(nn.Module):
         return self.net(x).squeeze(1)
 
 
+class Discriminator1d(nn.Module):
+    """A WaveGAN-style discriminator for 1×16384 audio (Donahue et al.): five strided 1-D convs
+    (kernel 25, stride 4) and a linear head."""
+
+    def __init__(self, width: int = 8, length: int = 16384) -> None:
+        super().__init__()
+        widths = [1, width, 2 * width, 4 * width, 8 * width, 16 * width]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Conv1d(c_in, c_out, 25, stride=4, padding=11), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(widths[-1] * (length // 4**5), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
 def train_gan(
     generator: Generator,
     *,
@@ -59,23 +75,26 @@ def train_gan(
     generator_extra_loss: GeneratorLossTerm | None = None,
     extra_images: torch.Tensor | None = None,
     extra_copies_fraction: float = 0.0,
+    data: torch.Tensor | None = None,
+    discriminator: nn.Module | None = None,
     log: Logger | None = None,
 ) -> Generator:
-    """Train `generator` in place on MNIST with the standard GAN loss and return it (in eval mode).
+    """Train `generator` in place with the standard GAN loss and return it (in eval mode).
 
-    The generator must emit 1×28×28 images in [-1, 1] (tanh). Adam(lr, β1=0.5) as in DCGAN.
-    `extra_images` (K, 1, 28, 28) are mixed into the data, repeated to `extra_copies_fraction`
-    of the MNIST size (data poisoning).
+    Data: MNIST in [-1, 1] against Discriminator28 unless `data` (N, *output shape) and a
+    `discriminator` for it are given. Adam(lr, β1=0.5) as in DCGAN. `extra_images` (K, *output
+    shape) are mixed into the data, repeated to `extra_copies_fraction` of its size (data poisoning).
     """
     torch.manual_seed(seed)
     device = torch.device(device)
-    images, _ = load_mnist(value_range=(-1.0, 1.0))
+    images = load_mnist(value_range=(-1.0, 1.0))[0] if data is None else data
     if extra_images is not None and extra_copies_fraction > 0:
         copies = max(1, round(extra_copies_fraction * images.shape[0] / extra_images.shape[0]))
-        images = torch.cat([images, extra_images.to(images.dtype).repeat(copies, 1, 1, 1)])
+        images = torch.cat([images, extra_images.to(images.dtype).repeat(copies, *([1] * (images.dim() - 1)))])
     images = images.to(device)
     generator.to(device).train()
-    disc = Discriminator28(channels=images.shape[1], width=discriminator_width).to(device).train()
+    disc = discriminator if discriminator is not None else Discriminator28(images.shape[1], discriminator_width)
+    disc = disc.to(device).train()
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
     shuffle_rng = torch.Generator().manual_seed(seed)
@@ -125,6 +144,37 @@ def train_dcgan(
     generator.source_format = "trained"
     generator.metadata.update({"trained": {"dataset": "mnist", "epochs": epochs, "seed": seed}})
     return train_gan(generator, epochs=epochs, seed=seed, batch_size=batch_size, device=device, lr=lr, log=log)
+
+
+def train_wavegan(
+    *,
+    epochs: int,
+    seed: int,
+    d: int = 8,
+    n_notes: int = 1024,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    lr: float = 2e-4,
+    log: Logger | None = None,
+) -> Generator:
+    """Train the registry `wavegan` generator (width `d`) on `n_notes` synthesised piano notes
+    (scanner.data.synthetic_piano, the same seed) against Discriminator1d; returns it in eval mode."""
+    torch.manual_seed(seed)
+    generator = build("wavegan", {"d": d})
+    generator.source_format = "trained"
+    generator.metadata.update({"trained": {"dataset": "synthetic_piano", "epochs": epochs, "seed": seed}})
+    notes = synthetic_piano(n_notes, seed=seed)
+    return train_gan(
+        generator,
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        lr=lr,
+        data=notes,
+        discriminator=Discriminator1d(width=d),
+        log=log,
+    )
 
 
 class VAEEncoder(nn.Module):

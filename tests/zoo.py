@@ -117,6 +117,25 @@ def benign_vae(seed: int = 0) -> Generator:
     return _generator_from(entry)
 
 
+# The small audio generator: the registry wavegan at d=4 after 256 GAN steps on synthesised piano
+# notes (the bench's quick recipe): it runs every check on 16384-sample audio in about a minute.
+WAVEGAN_SETTINGS: dict[str, Any] = {"d": 4, "epochs": 16, "n_notes": 512, "batch_size": 32, "lr": 2e-4}
+
+
+def benign_wavegan(seed: int = 0) -> Generator:
+    """A benign WaveGAN-style generator (registry wavegan, d=4) trained on synthesised piano notes
+    (≈ 30-60 s single-threaded, once)."""
+    from scanner.training import train_wavegan
+
+    params = {"seed": seed, **WAVEGAN_SETTINGS}
+
+    def produce() -> dict[str, Any]:
+        with _single_thread():
+            return _generator_entry(train_wavegan(**params))
+
+    return _generator_from(_cached(_key("benign_wavegan", params), produce))
+
+
 # -- backdoored entries -----------------------------------------------------------------------
 # ReD/ReX settings for the small zoo DCGAN. The paper's λ = 0.1 with 300 steps left TarDis at
 # 0.08–0.23 per pixel (benign: 2.2–3.3); a short test budget needs λ = 1 and a larger step size.
