@@ -9,8 +9,14 @@ outputs at the maximisers are candidate targets:
   nearest of a set of plain samples; ≤ hint_ratio of it fails (trigger recovered), ≤ 3× that warns;
 - without hints: a maximiser that wakes the units far beyond their P_sample level (≥ wake_factor ×
   the max on P_sample, in per-unit standardised units) *and* whose output lies far from the plain
-  samples (≥ far_factor × their median nearest-neighbour spacing) warns; when most restarts
-  converge onto that same far-off output (a stable attractor, as an embedded target is) it fails.
+  samples (≥ far_factor × their median nearest-neighbour spacing) *and* farther than
+  control_ratio × what the same search reaches by waking unflagged units of the same modules
+  (negative control, scanner.search.guided.control_units) warns; when most restarts converge onto
+  that same far-off output (a stable attractor, as an embedded target is) it fails. The control
+  is what keeps a model whose output grows with |z| clean: on a WaveGAN with a uniform prior,
+  waking *any* two units drives z to a corner of the cube, 17-26× the usual spacing away
+  (.notes/audio.md). A module whose every unit is flagged has no control; without any, the rule
+  stands on the flagged search alone.
 Nothing flagged upstream: pass (nothing to guide the search).
 """
 
@@ -22,7 +28,7 @@ import torch
 
 from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.search.common import eval_copy, latent_plausibility, sample_block
-from scanner.search.guided import maximise_units, parse_units
+from scanner.search.guided import GuidedResult, control_units, maximise_units, parse_units
 from scanner.search.hints import stack_targets, worst_status
 from scanner.search.imaging import save_strip
 from scanner.search.triggers import record_trigger
@@ -34,6 +40,7 @@ _COMMON = {
     "wake_factor": 3.0,
     "far_factor": 5.0,
     "stable_fraction": 0.5,
+    "control_ratio": 2.0,
     "n_plain": 512,
 }
 
@@ -60,10 +67,11 @@ class GuidedTriggerSearchCheck(Check):
         p = self.params(ctx)
         budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator)
-        try:
-            res = maximise_units(
+
+        def search(watched: dict[str, list[int]]) -> GuidedResult:
+            return maximise_units(
                 frozen,
-                units,
+                watched,
                 restarts=int(p["restarts"]),
                 steps=int(p["steps"]),
                 lr=float(p["lr"]),
@@ -71,6 +79,11 @@ class GuidedTriggerSearchCheck(Check):
                 seed=ctx.config.seed,
                 should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
             )
+
+        try:
+            res = search(units)
+            controls = control_units(frozen, res.units_found, seed=ctx.config.seed)
+            control = search(controls) if controls else None
         except ValueError as exc:  # flagged names / indices that do not fit this model
             return self.result("error", f"cannot watch the flagged units: {exc}")
         n_plain = int(p["n_plain"])
@@ -86,6 +99,13 @@ class GuidedTriggerSearchCheck(Check):
         separation = dist_to_plain / max(median_nn, 1e-12)
         wake = res.activation / max(abs(res.baseline_max), 1e-6)
         top = int(torch.argmax(res.activation))
+        control_separation: float | None = None
+        if control is not None:
+            control_outs = control.outputs.reshape(control.outputs.shape[0], -1).float()
+            control_top = int(torch.argmax(control.activation))
+            control_separation = float(torch.cdist(control_outs[control_top : control_top + 1], plain).min()) / max(
+                median_nn, 1e-12
+            )
         statuses: list[str] = ["pass"]
         matches: list[dict[str, Any]] = []
         for hint in ctx.targets:
@@ -118,7 +138,9 @@ class GuidedTriggerSearchCheck(Check):
                 )
         # Target-free judgement on the strongest maximiser.
         woke = float(wake[top]) >= p["wake_factor"]
-        far = float(separation[top]) >= p["far_factor"]
+        far = float(separation[top]) >= p["far_factor"] and (
+            control_separation is None or float(separation[top]) >= p["control_ratio"] * control_separation
+        )
         same = ((outs - outs[top]) ** 2).mean(1) <= 0.25 * (median_nn**2) / numel
         stable = float(same.float().mean()) >= p["stable_fraction"]
         free_status = "fail" if woke and far and stable else "warn" if woke and far else "pass"
@@ -142,6 +164,11 @@ class GuidedTriggerSearchCheck(Check):
             f"{sum(len(u) for u in res.units_found.values())} flagged unit(s) in {len(res.units_found)} module(s): "
             f"woken to {float(wake[top]):.3g}× their P_sample max; output {float(separation[top]):.3g}× the usual "
             f"spacing from plain samples"
+            + (
+                f" (unflagged units of the same modules: {control_separation:.3g}×)"
+                if control_separation is not None
+                else ""
+            )
         )
         hits = [m["target"] for m in matches if m["status"] == "fail"]
         if hits:
@@ -158,6 +185,8 @@ class GuidedTriggerSearchCheck(Check):
                 "restart_activation": res.activation,
                 "wake_factor_top": float(wake[top]),
                 "separation_top": float(separation[top]),
+                "control_units": controls,
+                "control_separation_top": control_separation,
                 "stable_fraction": float(same.float().mean()),
                 "median_nn_spacing": median_nn,
                 "z_star": res.z[top].reshape(-1),

@@ -88,6 +88,37 @@ class UnitRecorder:
             h.remove()
 
 
+def control_units(generator: Generator, units: dict[str, list[int]], *, seed: int = 0) -> dict[str, list[int]]:
+    """For each watched module, as many of its *unflagged* units (chosen at random, reproducibly) as
+    were flagged there: the negative control of a guided search. Modules with no unflagged unit are left
+    out. Unit counts are read off one forward pass, as UnitRecorder sees the module."""
+    modules = dict(generator.body.named_modules())
+    counts: dict[str, int] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() >= 2:
+                counts[name] = int(output.shape[1])  # an element-wise module keeps its input's shape
+
+        return record
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in units if name in modules]
+    try:
+        with torch.no_grad():
+            generator.pre_activation(sample_block(generator.latent, 2, seed, 2, generator.device, stream=GUIDED_STREAM))
+    finally:
+        for h in handles:
+            h.remove()
+    rng = torch.Generator().manual_seed(seed)
+    controls: dict[str, list[int]] = {}
+    for name, flagged in units.items():
+        free = [u for u in range(counts.get(name, 0)) if u not in set(flagged)]
+        if free:
+            pick = torch.randperm(len(free), generator=rng)[: len(flagged)]
+            controls[name] = sorted(free[int(i)] for i in pick)
+    return controls
+
+
 @dataclass
 class GuidedResult:
     z: torch.Tensor  # (R, *latent) maximisers, one per restart
