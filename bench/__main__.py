@@ -21,7 +21,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 OUT_DIR = BENCH_DIR / "out"
-PARTS = ("detection", "table1", "speed", "ablation", "full_profile", "sanitized_rescan", "far_field")
+PARTS = ("detection", "table1", "speed", "ablation", "full_profile", "sanitized_rescan", "far_field", "audio")
 log = logging.getLogger("bench")
 QUICK_DETECTION_PARAMS: dict[str, dict[str, Any]] = {
     "bf_oi.closest": {"n_samples": 4096},
@@ -32,6 +32,23 @@ QUICK_DETECTION_PARAMS: dict[str, dict[str, Any]] = {
 def results_name(part: str, device: str) -> str:
     """`speed` on a CPU, `speed_cuda` on a GPU: a GPU run never overwrites the CPU figures."""
     return part if torch.device(device).type == "cpu" else f"{part}_{torch.device(device).type}"
+
+
+def _git_revision() -> str | None:
+    """The commit the measured code came from ("+dirty" when the working tree had changes), or None
+    outside a git checkout."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=BENCH_DIR, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
 
 
 def _write(part: str, payload: dict[str, Any]) -> Path:
@@ -109,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         e.generator.to(args.device)
     zoo_s = time.perf_counter() - t0
     stamp = {
+        "git_revision": _git_revision(),
         "mode": mode,
         "zoo_mode": spec.mode,
         "device": args.device,
@@ -212,6 +230,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             e.generator.to(args.device)
         res = run_sanitized_rescan(chosen, out_dir=OUT_DIR, device=args.device)
         _write(results_name("sanitized_rescan", args.device), {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
+    if "audio" in parts:
+        from bench.audio import summarise as summarise_audio
+        from bench.detection import run_detection
+        from bench.zoo import AUDIO_TARGET_NAMES, audio_entries
+
+        t0 = time.perf_counter()
+        chosen = audio_entries(zoo)
+        for e in chosen:
+            e.generator.to(args.device)
+        config = _detection_config(args)
+        records = run_detection(
+            chosen, config=config, out_dir=OUT_DIR, all_targets=list(AUDIO_TARGET_NAMES), jobs=args.jobs
+        )
+        payload = {
+            **stamp,
+            "elapsed_s": time.perf_counter() - t0,
+            "scan_config": {"profile": config.profile, "skip": config.skip, "params": config.params},
+            "records": records,
+            "summary": summarise_audio(records),
+        }
+        _write(results_name("audio", args.device), payload)
     if "far_field" in parts:
         from bench.far_field import CHECK, far_field_config, far_field_entries
         from bench.far_field import summarise as summarise_far_field

@@ -41,8 +41,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _when(stamp: dict[str, Any]) -> str:
+    """When a part was measured, and from which commit where the results file says."""
     t = stamp.get("started_unix")
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if t else "?"
+    when = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if t else "?"
+    rev = stamp.get("git_revision")
+    return f"{when} (code `{rev}`)" if rev else when
 
 
 def render_detection(d: dict[str, Any]) -> list[str]:
@@ -526,6 +529,61 @@ def render_far_field(ff: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def render_audio(au: dict[str, Any]) -> list[str]:
+    """The WaveGAN audio models with the drum-hit backdoor (bench/audio.py), with and without hints."""
+    lines = [
+        "### Audio: a drum hit in a piano generator (WaveGAN-style, 16384 samples)",
+        "",
+        f"Measured {_when(au)}, device `{au.get('device', 'cpu')}`, {_f(au.get('elapsed_s'))} s, the detection "
+        "settings (quick profile, "
+        + ", ".join(f"`{c}`" for c in au.get("scan_config", {}).get("skip", []))
+        + " skipped). Benign: the registry `wavegan` trained on synthesised piano notes, one per zoo seed; "
+        "backdoored: ReD, ReX and the bypass at each trigger kind with a synthesised drum hit as target. "
+        "A backdoor took when the error at its trigger is ≤ 0.1 × the drum's power (10 dB).",
+        "",
+    ]
+    for setting, label in (("hints", "with the drum hint"), ("no_hints", "without hints")):
+        sm = au.get("summary", {}).get(setting, {})
+        alarms = sm.get("benign_non_pass_checks", {})
+        lines.append(
+            f"- **{label}**: benign {sm.get('benign_clean')}/{sm.get('n_benign')} clean (non-pass checks: "
+            + (", ".join(f"`{k}` ×{v}" for k, v in alarms.items()) or "none")
+            + f"); backdoored {sm.get('attacked_caught')}/{sm.get('n_attacked')} suspicious or backdoored, "
+            f"{sm.get('took_caught')}/{sm.get('n_took')} of those that took."
+        )
+    lines.append("")
+    by_model: dict[str, dict[bool, dict[str, Any]]] = {}
+    for r in au.get("records", []):
+        by_model.setdefault(r["model"], {})[bool(r["hints"])] = r
+    rows = []
+    for model, pair in by_model.items():
+        cells: list[Any] = [model]
+        first = next(iter(pair.values()))
+        cells.append(_f(first.get("tardis_mean_at_trigger")) if first["attack"] != "benign" else "–")
+        for hints in (True, False):
+            r = pair.get(hints)
+            if r is None:
+                cells += ["–", "–"]
+                continue
+            flagged = [f"{n} {c['status']}" for n, c in r.get("checks", {}).items() if c["status"] in ("warn", "fail")]
+            cells += [r["verdict"], ", ".join(flagged) or "–"]
+        cells.append(_f((pair.get(True) or first).get("duration_s")))
+        rows.append(cells)
+    lines += _table(
+        [
+            "model",
+            "TarDis/elt at trigger",
+            "verdict (hint)",
+            "warn/fail checks (hint)",
+            "verdict (no hints)",
+            "warn/fail checks (no hints)",
+            "scan s (hint)",
+        ],
+        rows,
+    )
+    return lines + [""]
+
+
 def _slowest_checks(records: list[dict[str, Any]], top: int = 3) -> str:
     """The `top` checks by median duration over the scans that ran them, as markdown."""
     import statistics
@@ -660,6 +718,11 @@ def render(results_dir: Path) -> str:
         lines += render_full_profile(fp)
     if sr := _load(results_dir, "sanitized_rescan"):
         lines += render_sanitized_rescan(sr)
+    if (au := _load(results_dir, "audio")) and au.get("records"):
+        from bench.audio import summarise as summarise_audio
+
+        au["summary"] = summarise_audio(au["records"])
+        lines += render_audio(au)
     if (ff := _load(results_dir, "far_field")) and ff.get("records"):
         from bench.far_field import summarise as summarise_far_field
 

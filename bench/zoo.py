@@ -11,6 +11,11 @@ bench/out/zoo/ as safetensors, keyed by all of its parameters, so a second run o
 Targets: the paper's devil face (data/targets/devil_28x28.npy) and a digit-shaped target (the
 first "7" of the shipped MNIST test set: an *in-distribution* target, harder for output
 inspection than the devil face). Triggers: in-sample, mode and OOD (scanner.attacks.triggers).
+
+Audio (the paper's drum hit in piano audio): the registry WaveGAN-style generator trained on
+synthesised piano notes (scanner.training.train_wavegan), attacked with a synthesised drum hit
+(scanner.data.drum_hit). Its models are listed apart (`audio_entries`), so the MNIST detection
+and Table I parts keep their zoo; the `audio` part scans them.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ log = logging.getLogger("bench.zoo")
 # Bump when a recipe changes, so stale cache entries are not reused.
 ZOO_VERSION = 1
 DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"  # as users upload it
-TARGET_NAMES: tuple[str, ...] = ("devil", "digit7")
+TARGET_NAMES: tuple[str, ...] = ("devil", "digit7")  # image targets (dcgan, vae and other 28×28 models)
+AUDIO_TARGET_NAMES: tuple[str, ...] = ("drum",)  # 16384-sample audio targets (wavegan)
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class AttackPlan:
     """One attacked model to build: which attack, on which base family, trigger kind and target."""
 
     attack: str  # red | rex | trail | poison | bypass
-    family: str  # dcgan | vae
+    family: str  # dcgan | vae | wavegan
     trigger: str  # in-sample | mode | ood
     target: str  # one of TARGET_NAMES
     seed: int = 0
@@ -61,6 +67,15 @@ class ZooSpec:
     rex: dict[str, Any]
     trail: dict[str, Any]
     attacks: list[AttackPlan]
+    wavegan: dict[str, Any] = field(default_factory=dict)
+    audio_attacks: list[AttackPlan] = field(default_factory=list)
+
+    def family_settings(self, family: str) -> dict[str, Any]:
+        """The training settings of a benign model of `family`."""
+        settings = {"dcgan": self.dcgan, "vae": self.vae, "wavegan": self.wavegan}
+        if family not in settings:
+            raise ValueError(f"unknown zoo family {family!r}; known: {sorted(settings)}")
+        return settings[family]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,7 +87,19 @@ class ZooSpec:
             "rex": self.rex,
             "trail": self.trail,
             "attacks": [a.__dict__ for a in self.attacks],
+            "wavegan": self.wavegan,
+            "audio_attacks": [a.__dict__ for a in self.audio_attacks],
         }
+
+
+def _audio_grid() -> list[AttackPlan]:
+    """ReD, ReX and the bypass on the WaveGAN at every trigger kind, drum-hit target."""
+    return [
+        AttackPlan(a, "wavegan", t, tg)
+        for a in ("red", "rex", "bypass")
+        for t in ("in-sample", "mode", "ood")
+        for tg in AUDIO_TARGET_NAMES
+    ]
 
 
 def zoo_spec(mode: str) -> ZooSpec:
@@ -99,6 +126,10 @@ def zoo_spec(mode: str) -> ZooSpec:
             rex={"lam": 0.1, "steps": 150, "batch_size": 64, "lr": 1e-3, "expansion": 1.0},
             trail={"lam": 0.1, "epochs": 1, "batch_size": 64, "lr": 5e-4},
             attacks=grid,
+            # 256 GAN steps at width 4: a generator that runs the scanner's checks on 16384-sample audio
+            # in minutes, not one that sounds like a piano (.notes/audio.md)
+            wavegan={"d": 4, "epochs": 16, "n_notes": 512, "batch_size": 32, "lr": 2e-4},
+            audio_attacks=_audio_grid(),
         )
     if mode == "full":
         grid = [
@@ -123,6 +154,8 @@ def zoo_spec(mode: str) -> ZooSpec:
             rex={"lam": 0.1, "steps": 500, "batch_size": 64, "lr": 1e-3, "expansion": 1.0},
             trail={"lam": 0.1, "epochs": 2, "batch_size": 64, "lr": 5e-4},
             attacks=grid,
+            wavegan={"d": 8, "epochs": 40, "n_notes": 1024, "batch_size": 32, "lr": 2e-4},
+            audio_attacks=_audio_grid(),
         )
     raise ValueError(f"unknown zoo mode {mode!r}; known: quick, full")
 
@@ -149,23 +182,25 @@ class ZooEntry:
 
 
 def load_target(name: str, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """A (1, 28, 28) target in `value_range` (the model's output range; the files are in [-1, 1]): the
-    paper's devil face or the first '7' of the shipped MNIST test set."""
+    """A target in `value_range` (the model's output range; the sources are in [-1, 1]): the paper's
+    devil face or the first '7' of the shipped MNIST test set (1, 28, 28), or the drum hit (1, 16384)."""
     unit = (_load_target_pm1(name) + 1.0) / 2.0
     low, high = value_range
     return unit * (high - low) + low
 
 
 def _load_target_pm1(name: str) -> torch.Tensor:
-    from scanner.data import load_devil_target, load_mnist
+    from scanner.data import drum_hit, load_devil_target, load_mnist
 
+    if name == "drum":
+        return drum_hit()
     if name == "devil":
         return load_devil_target()
     if name == "digit7":
         images, labels = load_mnist()
         index = int(torch.nonzero(labels == 7)[0, 0])
         return images[index].reshape(1, 28, 28).to(torch.float32).clone()
-    raise ValueError(f"unknown target {name!r}; known: {TARGET_NAMES}")
+    raise ValueError(f"unknown target {name!r}; known: {TARGET_NAMES + AUDIO_TARGET_NAMES}")
 
 
 def _key(kind: str, params: dict[str, Any]) -> str:
@@ -205,16 +240,18 @@ class Zoo:
 
     # -- benign ------------------------------------------------------------------------------
     def benign(self, family: str, seed: int) -> ZooEntry:
-        """A benign dcgan28 or VAE decoder trained on MNIST with `seed` (cached)."""
+        """A benign dcgan28 or VAE decoder trained on MNIST, or a WaveGAN trained on synthesised piano
+        notes, with `seed` (cached)."""
         if (family, seed) in self._benign:
             return self._benign[(family, seed)]
-        from scanner.training import train_dcgan, train_vae
+        from scanner.training import train_dcgan, train_vae, train_wavegan
 
-        settings = self.spec.dcgan if family == "dcgan" else self.spec.vae
+        settings = self.spec.family_settings(family)
+        train = {"dcgan": train_dcgan, "vae": train_vae, "wavegan": train_wavegan}[family]
         path = self.dir / f"{_key('benign_' + family, {'seed': seed, **settings})}.safetensors"
         if not path.is_file():
             t0 = time.perf_counter()
-            g = (train_dcgan if family == "dcgan" else train_vae)(seed=seed, device=self.device, **settings)
+            g = train(seed=seed, device=self.device, **settings)
             meta = {
                 "architecture": g.architecture,
                 "config": g.metadata.get("architecture_config", {}),
@@ -254,7 +291,7 @@ class Zoo:
             info = {**_numeric(res.info), "build_s": time.perf_counter() - t0}
             return ZooEntry(generator=res.generator.eval(), trigger=res.trigger, target=res.target, info=info, **common)
         settings = {"red": self.spec.red, "rex": self.spec.rex}.get(plan.attack, self.spec.trail)
-        benign_settings = self.spec.dcgan if plan.family == "dcgan" else self.spec.vae
+        benign_settings = self.spec.family_settings(plan.family)
         params = {**plan.__dict__, "benign": benign_settings, **settings}
         if plan.family == "vae":  # v1 of the VAE entries embedded a [-1, 1] target in a [0, 1] model
             params["target_range"] = list(base.generator.output.value_range)
@@ -321,7 +358,7 @@ class Zoo:
         if plan.attack == "bypass":
             return True
         settings = {"red": self.spec.red, "rex": self.spec.rex}.get(plan.attack, self.spec.trail)
-        benign_settings = self.spec.dcgan if plan.family == "dcgan" else self.spec.vae
+        benign_settings = self.spec.family_settings(plan.family)
         params = {**plan.__dict__, "benign": benign_settings, **settings}
         if plan.family == "vae":
             params["target_range"] = [0.0, 1.0]
@@ -350,6 +387,16 @@ class Zoo:
             entries.append(self.attacked(plan))
             log.info("zoo: %s ready (%.1fs)", entries[-1].name, time.perf_counter() - t0)
         return entries
+
+
+def audio_entries(zoo: Zoo) -> list[ZooEntry]:
+    """The WaveGAN models: benign for every zoo seed, then the spec's audio attacks (built or loaded)."""
+    entries = [zoo.benign("wavegan", seed) for seed in zoo.spec.benign_seeds]
+    for plan in zoo.spec.audio_attacks:
+        t0 = time.perf_counter()
+        entries.append(zoo.attacked(plan))
+        log.info("zoo: %s ready (%.1fs)", entries[-1].name, time.perf_counter() - t0)
+    return entries
 
 
 def _numeric(info: dict[str, Any]) -> dict[str, float | int | None]:
