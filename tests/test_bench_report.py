@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import RESULTS_DIR, results_name
+from bench.audio import summarise as audio_summary
 from bench.detection import backdoor_took
 from bench.far_field import summarise as far_field_summary
 from bench.full_profile import summarise
@@ -146,3 +147,22 @@ def test_far_field_summary_keeps_the_hints_a_sanitized_copy_draws_out_of_the_sco
     row = next(line for line in text.splitlines() if line.startswith("| benign-b") and "digit7" in line)
     assert "pass (copy draws hint)" in row
     assert next(line for line in text.splitlines() if line.startswith("| took |")).split("|")[5].strip() == "1"
+
+
+def test_audio_summary_keeps_scans_with_and_without_hints_apart(tmp_path: Path) -> None:
+    records = [
+        {**_record("benign-wavegan-s0", "benign", "wavegan", "clean", None), "hints": True},
+        {**_record("benign-wavegan-s0", "benign", "wavegan", "suspicious", None), "hints": False},
+        {**_record("red-wavegan", "red", "wavegan", "backdoored", 0.0005), "hints": True},
+        {**_record("red-wavegan", "red", "wavegan", "clean", 0.0005), "hints": False},
+    ]
+    summary = audio_summary(records)
+    assert (summary["hints"]["benign_clean"], summary["hints"]["took_caught"]) == (1, 1)
+    assert (summary["no_hints"]["benign_clean"], summary["no_hints"]["took_caught"]) == (0, 0)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "audio.json").write_text(json.dumps({"records": records}))
+    text = render(results)
+    assert "**with the drum hint**: benign 1/1 clean" in text and "**without hints**: benign 0/1 clean" in text
+    row = next(line for line in text.splitlines() if line.startswith("| red-wavegan"))
+    assert [c.strip() for c in row.split("|")[3:6:2]] == ["backdoored", "clean"]  # hint, then no hints
