@@ -6,7 +6,11 @@ ctx.shared["dynamic.sleeper_units"] (dynamic.sleeper_units), both {module name: 
 and maximises those units' activation over z with batched restarts (scanner.search.guided). The
 outputs at the maximisers are candidate targets:
 - with target hints: TarDis = ||G(z*) − x_t||² (per element) against the hint's distance to the
-  nearest of a set of plain samples; ≤ hint_ratio of it fails (trigger recovered), ≤ 3× that warns;
+  nearest of a set of plain samples — or, when smaller, to the best constant output (the hint's own
+  variance: a flat output reproduces nothing); ≤ hint_ratio of it fails (trigger recovered), ≤ 3×
+  that warns. The constant baseline matters for sparse hints: a drum hit is mostly silence, and a
+  benign WaveGAN whose samples are loud had a woken output 0.016 from the drum (its power: 0.011)
+  against 0.185 for the nearest sample, a "recovered trigger" that was only a quieter output;
 - without hints: a maximiser that wakes the units far beyond their P_sample level (≥ wake_factor ×
   the max on P_sample, in per-unit standardised units) *and* whose output lies far from the plain
   samples (≥ far_factor × their median nearest-neighbour spacing) *and* farther than
@@ -112,14 +116,16 @@ class GuidedTriggerSearchCheck(Check):
             h = stack_targets(frozen, [hint], torch.device("cpu")).reshape(1, -1)
             tardis = ((outs - h) ** 2).mean(1)
             closest_plain = float(((plain - h) ** 2).mean(1).min())
+            constant_output = float(((h - h.mean()) ** 2).mean())
             i = int(tardis.argmin())
-            ratio = float(tardis[i]) / max(closest_plain, 1e-12)
+            ratio = float(tardis[i]) / max(min(closest_plain, constant_output), 1e-12)
             st = "fail" if ratio <= p["hint_ratio"] else "warn" if ratio <= 3 * p["hint_ratio"] else "pass"
             matches.append(
                 {
                     "target": hint.name,
                     "tardis_mean": float(tardis[i]),
                     "closest_plain_mean": closest_plain,
+                    "constant_output_mean": constant_output,
                     "ratio": ratio,
                     "restart": i,
                     "status": st,
