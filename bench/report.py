@@ -546,7 +546,8 @@ def render_audio(au: dict[str, Any]) -> list[str]:
     ]
     for setting, label in (("hints", "with the drum hint"), ("no_hints", "without hints")):
         sm = au.get("summary", {}).get(setting, {})
-        alarms = sm.get("benign_non_pass_checks", {})
+        # checks skipped by the detection settings are not alarms
+        alarms = {k: v for k, v in sm.get("benign_non_pass_checks", {}).items() if not k.endswith(":skipped")}
         lines.append(
             f"- **{label}**: benign {sm.get('benign_clean')}/{sm.get('n_benign')} clean (non-pass checks: "
             + (", ".join(f"`{k}` ×{v}" for k, v in alarms.items()) or "none")
