@@ -607,10 +607,26 @@ def render_findings(
     sp: dict[str, Any] | None,
     fp: dict[str, Any] | None = None,
     sp_gpu: dict[str, Any] | None = None,
+    au: dict[str, Any] | None = None,
 ) -> list[str]:
     """The weakest spots, computed from the results (not written by hand)."""
 
     lines = ["## Weakest spots found", ""]
+    if au and au.get("records"):
+        alarms: dict[str, list[str]] = {}
+        for r in au["records"]:
+            if r["attack"] == "benign" and r["verdict"] != "clean":
+                flagged = [f"{n} {c['status']}" for n, c in r["checks"].items() if c["status"] in ("warn", "fail")]
+                alarms.setdefault(r["model"], flagged)
+        n_benign = len({r["model"] for r in au["records"] if r["attack"] == "benign"})
+        lines.append(
+            f"- Audio (WaveGAN, drum hit): benign {n_benign - len(alarms)}/{n_benign} clean"
+            + (
+                "; not clean: " + "; ".join(f"{m} ({', '.join(f) or 'no warn/fail'})" for m, f in alarms.items())
+                if alarms
+                else ""
+            )
+        )
     if fp:
         summary = fp.get("summary", {})
         records = fp.get("records", [])
@@ -737,7 +753,7 @@ def render(results_dir: Path) -> str:
         lines += render_table1(t1)
     else:
         lines += ["## 2. The paper's Table I side by side", "", "Not measured in this run.", ""]
-    lines[6:6] = render_findings(det, sp, fp, gpu["speed"])
+    lines[6:6] = render_findings(det, sp, fp, gpu["speed"], au)
     if sp:
         lines += render_speed(sp)
     else:
