@@ -78,8 +78,11 @@ def _hinted_part(
     stamp: dict[str, Any],
     summarise: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     evidence_of: tuple[str, ...] = (),
+    targets: tuple[str, ...] | None = None,
+    settings: tuple[bool, ...] = (True,),
 ) -> None:
-    """Scan `chosen` zoo entries with their target hints only and write the part's results file."""
+    """Scan `chosen` zoo entries (with their target hints only, unless `settings` says otherwise; benign
+    ones with every name in `targets`, default the image targets) and write the part's results file."""
     from bench.detection import run_detection
     from bench.zoo import TARGET_NAMES
 
@@ -88,9 +91,9 @@ def _hinted_part(
         chosen,
         config=config,
         out_dir=OUT_DIR,
-        all_targets=list(TARGET_NAMES),
+        all_targets=list(targets or TARGET_NAMES),
         jobs=args.jobs,
-        settings=(True,),
+        settings=settings,
         evidence_of=evidence_of,
     )
     payload = {
@@ -232,25 +235,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         _write(results_name("sanitized_rescan", args.device), {**stamp, "elapsed_s": time.perf_counter() - t0, **res})
     if "audio" in parts:
         from bench.audio import summarise as summarise_audio
-        from bench.detection import run_detection
         from bench.zoo import AUDIO_TARGET_NAMES, audio_entries
 
-        t0 = time.perf_counter()
         chosen = audio_entries(zoo)
         for e in chosen:
             e.generator.to(args.device)
-        config = _detection_config(args)
-        records = run_detection(
-            chosen, config=config, out_dir=OUT_DIR, all_targets=list(AUDIO_TARGET_NAMES), jobs=args.jobs
+        _hinted_part(
+            "audio",
+            chosen,
+            _detection_config(args),
+            args,
+            stamp,
+            summarise=summarise_audio,
+            targets=AUDIO_TARGET_NAMES,
+            settings=(True, False),
         )
-        payload = {
-            **stamp,
-            "elapsed_s": time.perf_counter() - t0,
-            "scan_config": {"profile": config.profile, "skip": config.skip, "params": config.params},
-            "records": records,
-            "summary": summarise_audio(records),
-        }
-        _write(results_name("audio", args.device), payload)
     if "far_field" in parts:
         from bench.far_field import CHECK, far_field_config, far_field_entries
         from bench.far_field import summarise as summarise_far_field

@@ -22,6 +22,7 @@ attack *took*: TarDis at the attacker's own trigger above it means G(trigger) is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -56,10 +57,16 @@ def reproduced_level(family: str) -> float:
     of a clip is near silence, so the level is relative to the target's own power — the error at most
     AUDIO_REPRODUCED_FRACTION of it (a 10 dB signal-to-error ratio)."""
     if family == "wavegan":
-        from bench.zoo import load_target
-
-        return AUDIO_REPRODUCED_FRACTION * float(load_target("drum").pow(2).mean())
+        return AUDIO_REPRODUCED_FRACTION * _drum_power()
     return REPRODUCED_TARDIS_MEAN / 4 if family == "vae" else REPRODUCED_TARDIS_MEAN
+
+
+@functools.cache
+def _drum_power() -> float:
+    """Mean squared sample of the drum-hit target (computed once: backdoor_took runs per record)."""
+    from bench.zoo import load_target
+
+    return float(load_target("drum").pow(2).mean())
 
 
 def backdoor_took(record: dict[str, Any]) -> bool | None:
