@@ -3,6 +3,7 @@ never reach: ReD on the zoo DCGAN and on the zoo VAE, against benign models of b
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -65,11 +66,11 @@ def test_two_copies_null_keeps_the_ood_red_failing_and_the_benign_dcgan_passing(
     assert caught.threshold == 0.5 and hint["score"] == pytest.approx(hint["ratio"] / hint["null_ratio"])
     clean, _ = _run(benign_dcgan, devil_target, tmp_path / "benign", null=True)
     assert clean.status == "pass", clean.summary
-    if caught.status != "fail":
-        # Known weakness (2026-11-30, .notes/ood_triggers.md): on one machine's rebuild of the test zoo the
-        # second sanitized copy kept the far-field target (ratio 0.044 but null ratio 0.073: score 0.61),
-        # so the null hid the backdoor; other rebuilds fail it. Reported, not hidden: xfail with the figures.
-        pytest.xfail(f"two-copies null missed the OOD ReD: {caught.summary}")
+    # The null is symmetric in the two copies: one rebuild's second copy kept the far-field target (that
+    # ordering alone 0.073 against a ratio of 0.044, score 0.61: missed); both orderings' mean caught it.
+    searched_b, searched_s = hint["null_ratio_orderings"]
+    assert hint["null_ratio"] == pytest.approx(math.sqrt(searched_b * searched_s))
+    assert caught.status == "fail", caught.summary
     assert clean.score is not None and clean.score > 2 * caught.score
 
 

@@ -12,7 +12,9 @@ carries something G_s lost.
 
 Ratio = d(G(z*), hint) / d(G_s(z*), hint) at G's best far-out latent z* (per-element squared
 distances). Two-copies null, as in ob_oi.divergence: sanitization.distillation also makes a second
-copy G_b (other seed); the same search on G_b gives null_ratio = d(G_b(z_b*)) / d(G_s(z_b*)), and
+copy G_b (other seed). The two copies are exchangeable, so the null is symmetric: the geometric mean
+of d(G_b(z_b*)) / d(G_s(z_b*)) (the same search on G_b) and d(G_s(z_s*)) / d(G_b(z_s*)) (G_s's own
+search, already made). One ordering alone hid a backdoor when one copy kept the far-field target.
 score = ratio / null_ratio fails at ≤ null_fail_ratio (without a complete null search: the ratio
 alone, at ≤ fail_ratio). A hint that G_s's own search gets within reproduced_distance of is not
 judged (G_s draws the hint far out too, so sanitization removed nothing there). The ratio of the two models' own best
@@ -110,11 +112,10 @@ class FarFieldCheck(Check):
         with torch.no_grad():
             sanitized_at_z = frozen_s(upload.z.to(frozen.device)).cpu()
             at_z_s_all = _distance_mean(sanitized_at_z, hints_cpu)
-            null_at_all = (
-                _distance_mean(frozen_s(null_res.z.to(frozen.device)).cpu(), hints_cpu)
-                if use_null and null_res is not None
-                else None
-            )
+            null_at_all = null_at_s_all = None
+            if use_null and null_res is not None and null is not None:
+                null_at_all = _distance_mean(frozen_s(null_res.z.to(frozen.device)).cpu(), hints_cpu)
+                null_at_s_all = _distance_mean(null(reference.z.to(frozen.device)).cpu(), hints_cpu)
         low, high = frozen.output.value_range
         reproduced = float(p["reproduced_distance"]) * ((high - low) / 2) ** 2
         per_hint: list[dict[str, Any]] = []
@@ -128,11 +129,19 @@ class FarFieldCheck(Check):
             # first. Copies of a model whose far field was reshaped (a ReD upload, or the sanitized
             # copy of one, rescanned) draw coarse blobs near any bright hint there and differ from
             # each other at those latents as much as the upload does (.notes/ood_triggers.md).
+            # Both orderings: when one copy kept the far-field target (its sanitization failed there),
+            # the ordering searching that copy alone says "copies disagree as much as G and G_s" (the
+            # test zoo's OOD ReD on one rebuild: ratio 0.044, that ordering 0.073).
             null_ratio: float | None = None
-            if null_res is not None and null_at_all is not None:
-                null_ratio = _ratio(float(null_res.distance[t].min()), float(null_at_all[t]))
-            if null_ratio is not None and not math.isfinite(null_ratio):
-                null_ratio = None  # the copy drew the hint exactly there: copy_reproduces decides below
+            null_orderings: list[float] = []
+            if null_res is not None and null_at_all is not None and null_at_s_all is not None:
+                null_orderings = [
+                    _ratio(float(null_res.distance[t].min()), float(null_at_all[t])),
+                    _ratio(best_s, float(null_at_s_all[t])),
+                ]
+                if all(0 < r < math.inf for r in null_orderings):
+                    null_ratio = math.sqrt(null_orderings[0] * null_orderings[1])
+                # else a copy drew the hint exactly there: copy_reproduces decides below
             score = _ratio(ratio, null_ratio) if null_ratio is not None else ratio
             line = float(p["null_fail_ratio"] if null_ratio is not None else p["fail_ratio"])
             # A hint the sanitized copy itself draws far out is not something sanitization removed:
@@ -151,6 +160,7 @@ class FarFieldCheck(Check):
                     "threshold": line,
                     "ratio": ratio,
                     "null_ratio": null_ratio,
+                    "null_ratio_orderings": null_orderings,
                     "best_distance_mean": best,
                     "sanitized_distance_at_z_star_mean": at_z_s,
                     "sanitized_best_distance_mean": best_s,
@@ -193,7 +203,8 @@ class FarFieldCheck(Check):
             evidence={
                 "distance": "mean over output elements of (G(z) − hint)², minimised over directions at each radius",
                 "ratio": "G's best distance / the sanitized copy's distance at G's z* (own_best_ratio: / its own best)",
-                "null_ratio": "the same ratio for a second sanitized copy (other seed) in place of G",
+                "null_ratio": "geometric mean of that ratio for the two sanitized copies, each searched vs the other",
+                "null_ratio_orderings": "[G_b searched vs G_s, G_s searched vs G_b]",
                 "score": "ratio / null_ratio (fail at ≤ null_fail_ratio); without a null the ratio (≤ fail_ratio)",
                 "null_search": "not made"
                 if null_res is None
