@@ -489,7 +489,8 @@ def render_far_field(ff: dict[str, Any]) -> list[str]:
         "profile; benign dcgan28 and VAE decoder of every zoo seed with both zoo hints (digit7 is an "
         "in-distribution hint), every zoo model attacked at the OOD trigger z = (100, …), and "
         "`red-strong-*-ood-*` (the paper's λ = 0.1, 1000 steps: backdoors that took). Score = ratio / null_ratio "
-        "(fail ≤ 0.5); without a complete null search the ratio alone (fail ≤ 0.25); a hint the sanitized copy "
+        "(null_ratio: geometric mean of the two sanitized copies' ratios, each searched against the other; "
+        "fail ≤ 0.5); without a complete null search the ratio alone (fail ≤ 0.25); a hint the sanitized copy "
         "itself draws far out (≤ 0.05) is not judged. The bypass models are listed for completeness: their "
         "multiplexer is static.bypass_topology's to catch, and the far-field search does not reach it (their "
         "figures equal those of the benign model they wrap).",

@@ -278,3 +278,21 @@ def test_guided_search_wakes_flagged_sleeper(benign_vae: Generator, devil_target
 def test_guided_search_without_flags_passes(benign_vae: Generator, tmp_path: Path) -> None:
     result = GuidedTriggerSearchCheck().run(_ctx(benign_vae, [], tmp_path, {}))
     assert result.status == "pass"
+
+
+def test_control_units_draw_distinct_unflagged_sets_of_the_flagged_size(benign_dcgan: Generator) -> None:
+    from scanner.search.guided import control_units
+
+    module, layer = next(
+        (name, m) for name, m in benign_dcgan.body.named_modules() if isinstance(m, torch.nn.ConvTranspose2d)
+    )
+    flagged = {module: [0, 1, 2]}
+    sets = control_units(benign_dcgan, flagged, seed=0, draws=3)
+    assert len(sets) == 3
+    for controls in sets:
+        (units,) = controls.values()
+        assert len(units) == 3 and not set(units) & {0, 1, 2}
+    assert len({tuple(s[module]) for s in sets}) > 1  # independent draws, not one set repeated
+    assert control_units(benign_dcgan, flagged, seed=0, draws=3) == sets  # reproducible per seed
+    # a module whose every unit is flagged has nothing to compare with: no control set at all
+    assert control_units(benign_dcgan, {module: list(range(layer.out_channels))}, draws=2) == []

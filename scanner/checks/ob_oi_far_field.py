@@ -186,7 +186,7 @@ class FarFieldCheck(Check):
             f"{worst['best_distance_mean']:.3g}/element, its sanitized copy at the same z* "
             f"{worst['sanitized_distance_at_z_star_mean']:.3g} (ratio {worst['ratio']:.2f}"
             + (
-                f"; a second sanitized copy {worst['null_ratio']:.2f}, score {worst['score']:.2f}"
+                f"; the two sanitized copies against each other {worst['null_ratio']:.2f}, score {worst['score']:.2f}"
                 if worst["null_ratio"] is not None
                 else "; no second sanitized copy: judged on the ratio"
             )

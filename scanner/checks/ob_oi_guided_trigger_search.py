@@ -14,13 +14,14 @@ outputs at the maximisers are candidate targets:
 - without hints: a maximiser that wakes the units far beyond their P_sample level (≥ wake_factor ×
   the max on P_sample, in per-unit standardised units) *and* whose output lies far from the plain
   samples (≥ far_factor × their median nearest-neighbour spacing) *and* farther than
-  control_ratio × what the same search reaches by waking unflagged units of the same modules
-  (negative control, scanner.search.guided.control_units) warns; when most restarts converge onto
-  that same far-off output (a stable attractor, as an embedded target is) it fails. The control
-  is what keeps a model whose output grows with |z| clean: on a WaveGAN with a uniform prior,
-  waking *any* two units drives z to a corner of the cube, 17-26× the usual spacing away
-  (.notes/audio.md). A module whose every unit is flagged has no control; without any, the rule
-  stands on the flagged search alone.
+  control_ratio × the farthest that the same search reaches by waking unflagged units of the same
+  modules (negative control: control_draws random sets, scanner.search.guided.control_units) warns;
+  when most restarts converge onto that same far-off output (a stable attractor, as an embedded
+  target is) it fails. The control is what keeps a model whose output grows with |z| clean: on a
+  WaveGAN with a uniform prior, waking *any* two units drives z to a corner of the cube, 17-26× the
+  usual spacing away (.notes/audio.md); one random set was not enough there (a benign WaveGAN's
+  flagged units 2.76× the single control), so the flagged units must beat every drawn set. A module
+  whose every unit is flagged has no control; without any, the rule stands on the flagged search alone.
 Nothing flagged upstream: pass (nothing to guide the search).
 """
 
@@ -45,6 +46,7 @@ _COMMON = {
     "far_factor": 5.0,
     "stable_fraction": 0.5,
     "control_ratio": 2.0,
+    "control_draws": 3,
     "n_plain": 512,
 }
 
@@ -86,8 +88,8 @@ class GuidedTriggerSearchCheck(Check):
 
         try:
             res = search(units)
-            controls = control_units(frozen, res.units_found, seed=ctx.config.seed)
-            control = search(controls) if controls else None
+            controls = control_units(frozen, res.units_found, seed=ctx.config.seed, draws=int(p["control_draws"]))
+            control_results = [search(c) for c in controls]
         except ValueError as exc:  # flagged names / indices that do not fit this model
             return self.result("error", f"cannot watch the flagged units: {exc}")
         n_plain = int(p["n_plain"])
@@ -99,17 +101,18 @@ class GuidedTriggerSearchCheck(Check):
         spacing = torch.cdist(plain, plain)
         spacing.fill_diagonal_(float("inf"))
         median_nn = float(spacing.min(1).values.median())
-        dist_to_plain = torch.cdist(outs, plain).min(1).values
-        separation = dist_to_plain / max(median_nn, 1e-12)
+
+        def separation_of(result: GuidedResult) -> torch.Tensor:
+            """(R,) each maximiser's distance to the nearest plain sample, in units of their usual spacing."""
+            flat = result.outputs.reshape(result.outputs.shape[0], -1).float()
+            return torch.cdist(flat, plain).min(1).values / max(median_nn, 1e-12)
+
+        separation = separation_of(res)
         wake = res.activation / max(abs(res.baseline_max), 1e-6)
         top = int(torch.argmax(res.activation))
-        control_separation: float | None = None
-        if control is not None:
-            control_outs = control.outputs.reshape(control.outputs.shape[0], -1).float()
-            control_top = int(torch.argmax(control.activation))
-            control_separation = float(torch.cdist(control_outs[control_top : control_top + 1], plain).min()) / max(
-                median_nn, 1e-12
-            )
+        # each control's strongest maximiser, as for the flagged units
+        control_separations = [float(separation_of(c)[int(torch.argmax(c.activation))]) for c in control_results]
+        control_separation = max(control_separations) if control_separations else None
         statuses: list[str] = ["pass"]
         matches: list[dict[str, Any]] = []
         for hint in ctx.targets:
@@ -171,7 +174,8 @@ class GuidedTriggerSearchCheck(Check):
             f"woken to {float(wake[top]):.3g}× their P_sample max; output {float(separation[top]):.3g}× the usual "
             f"spacing from plain samples"
             + (
-                f" (unflagged units of the same modules: {control_separation:.3g}×)"
+                f" (unflagged units of the same modules, farthest of {len(control_separations)} random sets: "
+                f"{control_separation:.3g}×)"
                 if control_separation is not None
                 else ""
             )
@@ -193,6 +197,7 @@ class GuidedTriggerSearchCheck(Check):
                 "separation_top": float(separation[top]),
                 "control_units": controls,
                 "control_separation_top": control_separation,
+                "control_separations": control_separations,
                 "stable_fraction": float(same.float().mean()),
                 "median_nn_spacing": median_nn,
                 "z_star": res.z[top].reshape(-1),

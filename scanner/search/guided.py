@@ -88,10 +88,13 @@ class UnitRecorder:
             h.remove()
 
 
-def control_units(generator: Generator, units: dict[str, list[int]], *, seed: int = 0) -> dict[str, list[int]]:
-    """For each watched module, as many of its *unflagged* units (chosen at random, reproducibly) as
-    were flagged there: the negative control of a guided search. Modules with no unflagged unit are left
-    out. Unit counts are read off one forward pass, as UnitRecorder sees the module."""
+def control_units(
+    generator: Generator, units: dict[str, list[int]], *, seed: int = 0, draws: int = 1
+) -> list[dict[str, list[int]]]:
+    """`draws` independent negative-control sets for a guided search: for each watched module, as many
+    of its *unflagged* units (chosen at random, reproducibly) as were flagged there. Modules with no
+    unflagged unit are left out; a model with none anywhere gets no set ([]). Unit counts are read off
+    one forward pass, as UnitRecorder sees the module."""
     modules = dict(generator.body.named_modules())
     counts: dict[str, int] = {}
 
@@ -110,13 +113,17 @@ def control_units(generator: Generator, units: dict[str, list[int]], *, seed: in
         for h in handles:
             h.remove()
     rng = torch.Generator().manual_seed(seed)
-    controls: dict[str, list[int]] = {}
-    for name, flagged in units.items():
-        free = [u for u in range(counts.get(name, 0)) if u not in set(flagged)]
-        if free:
-            pick = torch.randperm(len(free), generator=rng)[: len(flagged)]
-            controls[name] = sorted(free[int(i)] for i in pick)
-    return controls
+    sets: list[dict[str, list[int]]] = []
+    for _ in range(draws):
+        controls: dict[str, list[int]] = {}
+        for name, flagged in units.items():
+            free = [u for u in range(counts.get(name, 0)) if u not in set(flagged)]
+            if free:
+                pick = torch.randperm(len(free), generator=rng)[: len(flagged)]
+                controls[name] = sorted(free[int(i)] for i in pick)
+        if controls:
+            sets.append(controls)
+    return sets
 
 
 @dataclass
