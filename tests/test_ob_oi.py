@@ -296,3 +296,28 @@ def test_control_units_draw_distinct_unflagged_sets_of_the_flagged_size(benign_d
     assert control_units(benign_dcgan, flagged, seed=0, draws=3) == sets  # reproducible per seed
     # a module whose every unit is flagged has nothing to compare with: no control set at all
     assert control_units(benign_dcgan, {module: list(range(layer.out_channels))}, draws=2) == []
+    # half the units flagged (as ReX's doubled layers are): every draw is the other half, kept once
+    n = layer.out_channels
+    assert control_units(benign_dcgan, {module: list(range(n // 2))}, draws=3) == [{module: list(range(n // 2, n))}]
+
+
+@pytest.mark.slow
+def test_guided_search_recovers_the_rex_trigger_from_the_units_static_inspection_flagged(
+    zoo, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    from scanner.checks.dynamic_sleeper_units import SleeperUnitsCheck
+    from scanner.checks.static_block_sparsity import BlockSparsityCheck
+
+    rex = zoo.attacked("rex", "mode", seed=0)
+    ctx = ScanContext(rex.generator, [TargetHint("devil", devil_target)], ScanConfig(profile="quick", seed=0), tmp_path)
+    static = BlockSparsityCheck().run(ctx)
+    assert static.status == "fail" and ctx.shared["static.flagged_units"], static.summary
+    SleeperUnitsCheck().run(ctx)
+    guided = GuidedTriggerSearchCheck().run(ctx)
+    assert guided.status == "fail", guided.summary
+    (match,) = guided.evidence["hint_matches"]
+    # measured: TarDis 0.0014 per element at z* (0.0009 at the attacker's own trigger), 0.006 of the
+    # hint's distance to the nearest plain sample
+    assert match["status"] == "fail" and match["tardis_mean"] < 0.01, match
+    (trigger,) = ctx.shared["recovered_triggers"]
+    assert trigger["source"] == "ob_oi.guided_trigger_search" and trigger["target"] == "devil"

@@ -93,8 +93,9 @@ def control_units(
 ) -> list[dict[str, list[int]]]:
     """`draws` independent negative-control sets for a guided search: for each watched module, as many
     of its *unflagged* units (chosen at random, reproducibly) as were flagged there. Modules with no
-    unflagged unit are left out; a model with none anywhere gets no set ([]). Unit counts are read off
-    one forward pass, as UnitRecorder sees the module."""
+    unflagged unit are left out; a model with none anywhere gets no set ([]); a draw equal to an earlier
+    one is dropped (ReX doubles a layer: its free units are exactly as many as the flagged ones, so
+    every draw is the same set). Unit counts are read off one forward pass, as UnitRecorder sees the module."""
     modules = dict(generator.body.named_modules())
     counts: dict[str, int] = {}
 
@@ -121,7 +122,7 @@ def control_units(
             if free:
                 pick = torch.randperm(len(free), generator=rng)[: len(flagged)]
                 controls[name] = sorted(free[int(i)] for i in pick)
-        if controls:
+        if controls and controls not in sets:  # a module with no more free units than flagged has one set
             sets.append(controls)
     return sets
 
