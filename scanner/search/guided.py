@@ -114,12 +114,12 @@ def control_units(
         for h in handles:
             h.remove()
     rng = torch.Generator().manual_seed(seed)
+    free_by_module = {name: sorted(set(range(counts.get(name, 0))) - set(flagged)) for name, flagged in units.items()}
     sets: list[dict[str, list[int]]] = []
     for _ in range(draws):
         controls: dict[str, list[int]] = {}
         for name, flagged in units.items():
-            free = [u for u in range(counts.get(name, 0)) if u not in set(flagged)]
-            if free:
+            if free := free_by_module[name]:
                 pick = torch.randperm(len(free), generator=rng)[: len(flagged)]
                 controls[name] = sorted(free[int(i)] for i in pick)
         if controls and controls not in sets:  # a module with no more free units than flagged has one set
