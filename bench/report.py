@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from datetime import datetime, timezone
@@ -44,8 +45,26 @@ def _when(stamp: dict[str, Any]) -> str:
     """When a part was measured, and from which commit where the results file says."""
     t = stamp.get("started_unix")
     when = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if t else "?"
-    rev = stamp.get("git_revision")
-    return f"{when} (code `{rev}`)" if rev else when
+    tags = [f"code `{stamp['git_revision']}`"] if stamp.get("git_revision") else []
+    if stamp.get("zoo"):  # parts measured on different zoo recipes must not be read as one zoo
+        tags.append(f"zoo recipe `{zoo_recipe_digest(stamp['zoo'])}`")
+    return f"{when} ({', '.join(tags)})" if tags else when
+
+
+def _strong_red_text(fp: dict[str, Any]) -> str:
+    """What the full-profile part's `red-strong-*` models are (bench/full_profile.STRONG_RED*)."""
+    names = [r["model"] for r in fp.get("records", []) if r["model"].startswith("red-strong-")]
+    recipes = []
+    if any("-in-sample-" in n for n in names):
+        recipes.append("ReD with λ = 1, 300 steps, lr 2e-3 at an in-sample trigger")
+    if any("-ood-" in n for n in names):
+        recipes.append("the paper's λ = 0.1, 1000 steps, lr 1e-3 at the OOD trigger z = (100, …)")
+    return f"`red-strong-*` ({', '.join(sorted(set(names)))}): {'; '.join(recipes)}." if names else ""
+
+
+def zoo_recipe_digest(zoo: dict[str, Any]) -> str:
+    """A short digest of a zoo's settings as a results file records them (same recipe, same digest)."""
+    return hashlib.sha256(json.dumps(zoo, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def render_detection(d: dict[str, Any]) -> list[str]:
@@ -60,16 +79,18 @@ def render_detection(d: dict[str, Any]) -> list[str]:
         "(skipped checks are reported as `skipped`; none of them is needed for a clean verdict, so they do "
         "not change verdicts, but their detection power is not part of these figures).",
         f"Zoo: benign seeds {zoo.get('benign_seeds')} for DCGAN (dcgan28, {zoo.get('dcgan')}) and VAE "
-        f"({zoo.get('vae')}); ReD {zoo.get('red')}, ReX {zoo.get('rex')}, TrAIL/poison {zoo.get('trail')}.",
+        f"({zoo.get('vae')}); ReD {zoo.get('red')}, ReX {zoo.get('rex')}, TrAIL {zoo.get('trail')}, poisoning "
+        f"{zoo.get('poison', zoo.get('trail'))}, per trigger {zoo.get('by_trigger') or 'the same'}.",
         "",
     ]
     grid = {}
     for a in zoo.get("attacks", []):
         grid.setdefault((a["attack"], a["family"]), []).append(f"{a['trigger']}/{a['target']}")
     lines += [
-        "Ground truth is *the attack was mounted*, not *the attack took*: the quick zoo's attacks are short, so "
-        "some backdoors are weak. The column 'TarDis/elt at true trigger' in the recovery tables below shows each "
-        "model's fidelity (per-element squared error of G*(z_trig) against the target; ≈0 = embedded exactly, "
+        "Ground truth is *the attack was mounted*, not *the attack took*: an attack on a small model can end "
+        "with a weak backdoor, and figures are also given for the two groups apart. The column 'TarDis/elt at "
+        "true trigger' in the recovery tables below shows each model's fidelity (per-element squared error "
+        "of G*(z_trig) against the target; ≈0 = embedded exactly, "
         "≳0.2 = the target is barely there).",
         "",
         "Attacked models (attack, base → trigger/target):",
@@ -226,9 +247,9 @@ def render_table1(
     if t.get("zoo_mode", t.get("mode")) == "quick":
         lines += [
             f"Quick-mode caveat: the zoo's generators are tiny and trained for one epoch (best IS* here {_f(best_is)} "
-            "of a possible 10, FID* in the thousands), and the attacks are short, so TarDis values show partly "
-            "embedded targets. These rows check that the pipeline measures the paper's quantities; they are not a "
-            "reproduction of the paper's sample quality. `python -m bench run` (full mode) trains the larger zoo.",
+            "of a possible 10, FID* in the thousands). These rows check that the pipeline measures the paper's "
+            "quantities; they are not a reproduction of the paper's sample quality. `python -m bench run` "
+            "(full mode) trains the larger zoo.",
             "",
         ]
     return lines
@@ -406,8 +427,7 @@ def render_full_profile(
         "with target hints. Benign "
         "models: dcgan28 and the VAE decoder (zoo seeds 0-2) and a generator outside the registry "
         "(`tests/foreign_models.py`: GroupNorm, GELU, upsample + conv, 64-d latent) trained here, seeds 0-2. "
-        "`red-strong-*`: ReD with λ = 1, 300 steps, lr 2e-3 at an in-sample trigger, and with the paper's "
-        "λ = 0.1, 1000 steps, lr 1e-3 at the OOD trigger z = (100, …) (backdoors that took).",
+        + _strong_red_text(fp),
         "",
         f"**Benign: {summary.get('benign_clean')}/{summary.get('n_benign')} clean**; non-pass checks on benign "
         "models: " + (", ".join(f"`{k}` ×{v}" for k, v in alarms.items()) or "none") + ". "
