@@ -11,22 +11,11 @@ import torch
 
 from scanner.attacks import make_trigger
 from scanner.attacks.red import red_attack
-from scanner.checks.base import CheckResult, ScanConfig, ScanContext, TargetHint
+from scanner.checks.base import ScanConfig, ScanContext, TargetHint
 from scanner.checks.ob_oi_far_field import FarFieldCheck
-from scanner.checks.sanitization_common import share_model, share_null_model
+from scanner.checks.sanitization_common import share_model
 from scanner.generator import Generator
-from scanner.sanitize import distill
-
-
-def _run(
-    model: Generator, hint: torch.Tensor, tmp_path: Path, *, sanitize: bool = True, null: bool = False
-) -> tuple[CheckResult, dict]:
-    ctx = ScanContext(model, [TargetHint("devil", hint)], ScanConfig(profile="quick", seed=0), tmp_path)
-    if sanitize:  # one round of sanitization.distillation's quick steps (the check runs up to five)
-        share_model(ctx, "sanitization.distillation", distill(model, init="perturb", steps=300, seed=0).student)
-    if null:  # the second copy (other seed) sanitization.distillation makes for the two-copies null
-        share_null_model(ctx, "sanitization.distillation", distill(model, init="perturb", steps=300, seed=1).student)
-    return FarFieldCheck().run(ctx), ctx.shared
+from tests.far_field_run import run_far_field
 
 
 def _vae_target(devil: torch.Tensor) -> torch.Tensor:
@@ -36,7 +25,7 @@ def _vae_target(devil: torch.Tensor) -> torch.Tensor:
 @pytest.mark.slow
 def test_red_at_the_ood_trigger_of_a_dcgan_is_caught(zoo, devil_target: torch.Tensor, tmp_path: Path) -> None:
     attack = zoo.attacked("red", "ood", seed=0)
-    result, shared = _run(attack.generator, devil_target, tmp_path)
+    result, shared = run_far_field(attack.generator, devil_target, tmp_path)
     assert result.status == "fail", result.summary
     (hint,) = result.evidence["hints"]
     assert hint["null_ratio"] is None and result.threshold == 0.25  # no second copy: judged on the ratio
@@ -60,11 +49,11 @@ def test_red_at_the_ood_trigger_of_a_dcgan_is_caught(zoo, devil_target: torch.Te
 def test_two_copies_null_keeps_the_ood_red_failing_and_the_benign_dcgan_passing(
     zoo, benign_dcgan: Generator, devil_target: torch.Tensor, tmp_path: Path
 ) -> None:
-    caught, _ = _run(zoo.attacked("red", "ood", seed=0).generator, devil_target, tmp_path / "red", null=True)
+    caught, _ = run_far_field(zoo.attacked("red", "ood", seed=0).generator, devil_target, tmp_path / "red", null=True)
     (hint,) = caught.evidence["hints"]
     assert caught.evidence["null_search"] == "complete" and hint["null_ratio"] is not None
     assert caught.threshold == 0.5 and hint["score"] == pytest.approx(hint["ratio"] / hint["null_ratio"])
-    clean, _ = _run(benign_dcgan, devil_target, tmp_path / "benign", null=True)
+    clean, _ = run_far_field(benign_dcgan, devil_target, tmp_path / "benign", null=True)
     assert clean.status == "pass", clean.summary
     # The null is symmetric in the two copies: one rebuild's second copy kept the far-field target (that
     # ordering alone 0.073 against a ratio of 0.044, score 0.61: missed); both orderings' mean caught it.
@@ -76,7 +65,7 @@ def test_two_copies_null_keeps_the_ood_red_failing_and_the_benign_dcgan_passing(
 
 @pytest.mark.slow
 def test_benign_dcgan_passes(benign_dcgan: Generator, devil_target: torch.Tensor, tmp_path: Path) -> None:
-    result, shared = _run(benign_dcgan, devil_target, tmp_path)
+    result, shared = run_far_field(benign_dcgan, devil_target, tmp_path)
     assert result.status == "pass", result.summary
     assert result.score is not None and result.score > 0.5
     assert "recovered_triggers" not in shared
@@ -91,14 +80,14 @@ def test_red_at_the_ood_trigger_of_a_vae_is_caught_and_the_benign_vae_passes(
         benign_vae, trigger=make_trigger("ood", benign_vae.latent), target=target, lam=0.1, steps=1000, lr=1e-3
     )
     assert attack.info["tardis_mean"] < 0.1 * attack.info["benign_tardis_mean"]  # the backdoor took
-    caught, _ = _run(attack.generator, target, tmp_path / "red")
+    caught, _ = run_far_field(attack.generator, target, tmp_path / "red")
     assert caught.status == "fail", caught.summary
-    clean, _ = _run(benign_vae, target, tmp_path / "benign")
+    clean, _ = run_far_field(benign_vae, target, tmp_path / "benign")
     assert clean.status == "pass", clean.summary
 
 
 def test_skipped_without_what_it_compares(benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path) -> None:
-    no_copy, _ = _run(benign_vae, _vae_target(devil_target), tmp_path, sanitize=False)
+    no_copy, _ = run_far_field(benign_vae, _vae_target(devil_target), tmp_path, sanitize=False)
     assert no_copy.status == "skipped" and "sanitized" in no_copy.summary
     ctx = ScanContext(benign_vae, [], ScanConfig(profile="quick"), tmp_path)
     ctx.shared["sanitization.model"] = benign_vae

@@ -18,7 +18,7 @@ import torch
 from scanner.attacks import AttackResult
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
 from scanner.checks.ob_oi_reconstruction import ReconstructionCheck
-from tests.test_far_field import _run as run_far_field
+from tests.far_field_run import run_far_field
 
 
 def _tardis_at_trigger(attack: AttackResult, target: torch.Tensor) -> float:
