@@ -21,7 +21,17 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 OUT_DIR = BENCH_DIR / "out"
-PARTS = ("detection", "table1", "speed", "ablation", "full_profile", "sanitized_rescan", "far_field", "audio")
+PARTS = (
+    "detection",
+    "table1",
+    "speed",
+    "ablation",
+    "full_profile",
+    "full_profile_nohints",
+    "sanitized_rescan",
+    "far_field",
+    "audio",
+)
 log = logging.getLogger("bench")
 QUICK_DETECTION_PARAMS: dict[str, dict[str, Any]] = {
     "bf_oi.closest": {"n_samples": 4096},
@@ -223,6 +233,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             e.generator.to(args.device)
         config = ScanConfig(profile="quick", seed=0, device=args.device)
         _hinted_part("full_profile", chosen, config, args, stamp, summarise=summarise)
+    if "full_profile_nohints" in parts:
+        from bench.full_profile import full_profile_entries, summarise
+        from scanner.checks.base import ScanConfig
+
+        # The same without hints: what the target-free checks catch. The foreign generator is left out
+        # (about 7 min a scan on a 2-core CPU); its hinted scans are in the full_profile part.
+        chosen = [e for e in full_profile_entries(zoo, OUT_DIR) if e.family != "foreign"]
+        for e in chosen:
+            e.generator.to(args.device)
+        config = ScanConfig(profile="quick", seed=0, device=args.device)
+        _hinted_part("full_profile_nohints", chosen, config, args, stamp, summarise=summarise, settings=(False,))
     if "sanitized_rescan" in parts:
         from bench.full_profile import full_profile_entries
         from bench.sanitized_rescan import rescan_entries, run_sanitized_rescan
