@@ -223,27 +223,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.params = {}
         chosen = [e for e in entries if e.attack in ("red", "trail", "poison")]
         _hinted_part("ablation", chosen, config, args, stamp)
-    if "full_profile" in parts:
+    # The whole quick profile, calibration and sanitization included, as a user's scan runs it: with
+    # hints, and without them (what the target-free checks catch). The foreign generator is left out
+    # of the no-hints part (about 7 min a scan on a 2-core CPU); its hinted scans are in full_profile.
+    for part, hints in (("full_profile", True), ("full_profile_nohints", False)):
+        if part not in parts:
+            continue
         from bench.full_profile import full_profile_entries, summarise
         from scanner.checks.base import ScanConfig
 
-        # The whole quick profile, calibration and sanitization included, as a user's scan runs it.
-        chosen = full_profile_entries(zoo, OUT_DIR)
+        chosen = [e for e in full_profile_entries(zoo, OUT_DIR) if hints or e.family != "foreign"]
         for e in chosen:
             e.generator.to(args.device)
         config = ScanConfig(profile="quick", seed=0, device=args.device)
-        _hinted_part("full_profile", chosen, config, args, stamp, summarise=summarise)
-    if "full_profile_nohints" in parts:
-        from bench.full_profile import full_profile_entries, summarise
-        from scanner.checks.base import ScanConfig
-
-        # The same without hints: what the target-free checks catch. The foreign generator is left out
-        # (about 7 min a scan on a 2-core CPU); its hinted scans are in the full_profile part.
-        chosen = [e for e in full_profile_entries(zoo, OUT_DIR) if e.family != "foreign"]
-        for e in chosen:
-            e.generator.to(args.device)
-        config = ScanConfig(profile="quick", seed=0, device=args.device)
-        _hinted_part("full_profile_nohints", chosen, config, args, stamp, summarise=summarise, settings=(False,))
+        _hinted_part(part, chosen, config, args, stamp, summarise=summarise, settings=(hints,))
     if "sanitized_rescan" in parts:
         from bench.full_profile import full_profile_entries
         from bench.sanitized_rescan import rescan_entries, run_sanitized_rescan

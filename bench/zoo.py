@@ -77,9 +77,13 @@ class ZooSpec:
     # ReD/ReX settings that replace red/rex's on the WaveGAN (its drum needs more steps to take)
     wavegan_attack: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def poison_settings(self) -> dict[str, Any]:
+        return self.poison or self.trail
+
     def attack_settings(self, plan: AttackPlan) -> dict[str, Any]:
         """The settings `plan`'s attack is mounted with."""
-        settings = {"red": self.red, "rex": self.rex, "poison": self.poison or self.trail}.get(plan.attack, self.trail)
+        settings = {"red": self.red, "rex": self.rex, "poison": self.poison_settings}.get(plan.attack, self.trail)
         if plan.family == "wavegan" and plan.attack in ("red", "rex"):
             return {**settings, **self.wavegan_attack}
         return {**settings, **self.by_trigger.get(f"{plan.attack}/{plan.trigger}", {})}
@@ -100,7 +104,7 @@ class ZooSpec:
             "red": self.red,
             "rex": self.rex,
             "trail": self.trail,
-            "poison": self.poison or self.trail,
+            "poison": self.poison_settings,
             "by_trigger": self.by_trigger,
             "attacks": [a.__dict__ for a in self.attacks],
             "wavegan": self.wavegan,
