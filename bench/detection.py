@@ -135,6 +135,8 @@ def scan_entry(
         },
         "recovered": [],
     }
+    if "recipe" in entry.info:  # models made outside the zoo's spec say how
+        record["recipe"] = entry.info["recipe"]
     if evidence_of:
         record["evidence"] = {c.name: _scalars(c.evidence) for c in report.checks if c.name in evidence_of}
     if entry.backdoored and entry.target is not None and entry.trigger is not None:

@@ -58,8 +58,8 @@ def strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: i
     g = base.generator.copy()
     trigger = make_trigger(trigger_kind, g.latent, seed=trigger_seed)  # type: ignore[arg-type]
     target = load_target("devil", g.output.value_range).reshape(g.output.shape)
+    settings = STRONG_RED_BY_TRIGGER.get(trigger_kind, STRONG_RED)
     if not path.is_file():
-        settings = STRONG_RED_BY_TRIGGER.get(trigger_kind, STRONG_RED)
         res = red_attack(base.generator, trigger=trigger, target=target, seed=base.seed, **settings)
         save_file({f"body.{k}": v.contiguous() for k, v in res.generator.body.state_dict().items()}, str(path))
     g.body.load_state_dict({k[5:]: v for k, v in load_file(str(path)).items()})
@@ -73,6 +73,7 @@ def strong_red(out_dir: Path, base: ZooEntry, trigger_kind: str, trigger_seed: i
         target_name="devil",
         trigger=trigger,
         target=target,
+        info={"recipe": dict(settings)},  # the report says how these models were made
         benign_name=base.name,
     )
 

@@ -52,14 +52,20 @@ def _when(stamp: dict[str, Any]) -> str:
 
 
 def _strong_red_text(fp: dict[str, Any]) -> str:
-    """What the full-profile part's `red-strong-*` models are (bench/full_profile.STRONG_RED*)."""
-    names = [r["model"] for r in fp.get("records", []) if r["model"].startswith("red-strong-")]
-    recipes = []
-    if any("-in-sample-" in n for n in names):
-        recipes.append("ReD with λ = 1, 300 steps, lr 2e-3 at an in-sample trigger")
-    if any("-ood-" in n for n in names):
-        recipes.append("the paper's λ = 0.1, 1000 steps, lr 1e-3 at the OOD trigger z = (100, …)")
-    return f"`red-strong-*` ({', '.join(sorted(set(names)))}): {'; '.join(recipes)}." if names else ""
+    """What the full-profile part's `red-strong-*` models are: the recipe each record carries
+    (bench/full_profile.strong_red); records written before it did say so."""
+    recipes: dict[str, list[str]] = {}
+    for r in fp.get("records", []):
+        if r["model"].startswith("red-strong-"):
+            recipe = r.get("recipe")
+            text = (
+                f"ReD with λ = {recipe.get('lam')}, {recipe.get('steps')} steps, lr {recipe.get('lr')} at the "
+                f"{r.get('trigger')} trigger"
+                if recipe
+                else "recipe not recorded in this results file"
+            )
+            recipes.setdefault(text, []).append(r["model"])
+    return " ".join(f"`{', '.join(sorted(names))}`: {text}." for text, names in recipes.items())
 
 
 def zoo_recipe_digest(zoo: dict[str, Any]) -> str:

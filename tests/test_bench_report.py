@@ -14,7 +14,7 @@ from bench.audio import summarise as audio_summary
 from bench.detection import backdoor_took
 from bench.far_field import summarise as far_field_summary
 from bench.full_profile import summarise
-from bench.report import render
+from bench.report import render, render_full_profile
 from bench.sanitized_rescan import summarise_rescans
 
 
@@ -166,3 +166,19 @@ def test_audio_summary_keeps_scans_with_and_without_hints_apart(tmp_path: Path) 
     assert "**with the drum hint**: benign 1/1 clean" in text and "**without hints**: benign 0/1 clean" in text
     row = next(line for line in text.splitlines() if line.startswith("| red-wavegan"))
     assert [c.strip() for c in row.split("|")[3:6:2]] == ["backdoored", "clean"]  # hint, then no hints
+
+
+def test_the_whole_profile_table_says_how_each_strong_red_model_was_made() -> None:
+    def record(model: str, trigger: str, recipe: dict | None) -> dict:
+        r = {"model": model, "family": "foreign", "attack": "red", "trigger": trigger, "verdict": "backdoored"}
+        return r | ({"recipe": recipe} if recipe else {})
+
+    records = [
+        record("red-strong-foreign-in-sample-devil-s0", "in-sample", {"lam": 1.0, "steps": 300, "lr": 0.002}),
+        record("red-strong-dcgan-ood-devil-s0", "ood", {"lam": 0.1, "steps": 1000, "lr": 0.001}),
+        record("red-strong-vae-ood-devil-s0", "ood", None),  # a results file from before recipes were recorded
+    ]
+    text = "\n".join(render_full_profile({"records": records, "summary": {}}))
+    assert "`red-strong-foreign-in-sample-devil-s0`: ReD with λ = 1.0, 300 steps, lr 0.002 at the in-sample" in text
+    assert "`red-strong-dcgan-ood-devil-s0`: ReD with λ = 0.1, 1000 steps, lr 0.001 at the ood trigger" in text
+    assert "`red-strong-vae-ood-devil-s0`: recipe not recorded" in text
