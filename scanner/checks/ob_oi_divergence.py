@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.checks.sanitization_common import frozen_null_copy, frozen_with_sanitized_copy
+from scanner.checks.base import Artifact, CheckResult, Profile, ScanContext, Timer, register_check
+from scanner.checks.sanitization_common import SanitizedComparisonCheck, SanitizedCopies
 from scanner.generator import Generator
 from scanner.search.common import latent_plausibility, sample_block
 from scanner.search.divergence import DivergenceResult, divergence_search
@@ -51,25 +51,17 @@ _COMMON = {
 
 
 @register_check
-class DivergenceCheck(Check):
+class DivergenceCheck(SanitizedComparisonCheck):
     name = "ob_oi.divergence"
     description = "Search z where G and its sanitized copy diverge most (target-free)"
-    requires = ("sanitization.distillation",)
-    needed_for_clean = False  # depends on a converged sanitization, which a quick scan may not have
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {"restarts": 16, "steps": 150, "n_baseline": 1024, **_COMMON},
         "standard": {"restarts": 64, "steps": 400, "n_baseline": 4096, **_COMMON},
         "full": {"restarts": 256, "steps": 1000, "n_baseline": 16384, **_COMMON},
     }
 
-    def run(self, ctx: ScanContext) -> CheckResult:
-        timer = Timer()
-        if ctx.generator is None:
-            return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
-        pair = frozen_with_sanitized_copy(ctx)
-        if pair is None:
-            return self.skipped("no sanitized model (sanitization.distillation did not produce one)")
-        frozen, frozen_s = pair
+    def compare(self, ctx: ScanContext, models: SanitizedCopies, timer: Timer) -> CheckResult:
+        frozen, frozen_s, null = models.upload, models.copy, models.null
         p = self.params(ctx)
         budget = self.budget(ctx)
 
@@ -95,7 +87,6 @@ class DivergenceCheck(Check):
         best = int(torch.argmax(res.divergence))
         best_div = float(res.divergence[best])
         q99_score = _ratio(best_div, reference)
-        null = frozen_null_copy(ctx, frozen.device)
         null_res = search(null, 0) if null is not None else None  # its P_sample baseline is never used
         null_best: float | None = None
         if null_res is not None and null_res.steps >= int(p["steps"]):  # a search cut short says too little

@@ -35,8 +35,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.checks.sanitization_common import frozen_null_copy, frozen_with_sanitized_copy
+from scanner.checks.base import Artifact, CheckResult, Profile, ScanContext, Timer, register_check
+from scanner.checks.sanitization_common import SanitizedComparisonCheck, SanitizedCopies
 from scanner.generator import Generator
 from scanner.search.common import latent_plausibility
 from scanner.search.far_field import FarFieldResult, far_field_search
@@ -56,29 +56,24 @@ _COMMON: dict[str, Any] = {
 
 
 @register_check
-class FarFieldCheck(Check):
+class FarFieldCheck(SanitizedComparisonCheck):
     name = "ob_oi.far_field"
     description = "Search each hint far outside the typical set; fail where G gets much closer than its sanitized copy"
-    requires = ("sanitization.distillation",)
-    needed_for_clean = False  # depends on a converged sanitization, which a quick scan may not have
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {"restarts": 16, "steps": 300, **_COMMON},
         "standard": {"restarts": 48, "steps": 300, **_COMMON},
         "full": {"restarts": 128, "steps": 600, **_COMMON},
     }
 
-    def run(self, ctx: ScanContext) -> CheckResult:
-        timer = Timer()
-        if ctx.generator is None:
-            return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
+    def skip_reason(self, ctx: ScanContext) -> str | None:
         if not ctx.targets:
-            return self.skipped("no target hints: the far-field search looks for a hint")
-        if ctx.generator.latent.distribution != "normal":
-            return self.skipped("the latent prior has bounded support: there is no far field to search")
-        pair = frozen_with_sanitized_copy(ctx)
-        if pair is None:
-            return self.skipped("no sanitized model (sanitization.distillation did not produce one)")
-        frozen, frozen_s = pair
+            return "no target hints: the far-field search looks for a hint"
+        if ctx.generator is not None and ctx.generator.latent.distribution != "normal":
+            return "the latent prior has bounded support: there is no far field to search"
+        return None
+
+    def compare(self, ctx: ScanContext, models: SanitizedCopies, timer: Timer) -> CheckResult:
+        frozen, frozen_s, null = models.upload, models.copy, models.null
         p = self.params(ctx)
         budget = self.budget(ctx)
         hints = stack_targets(frozen, ctx.targets, frozen.device)
@@ -105,7 +100,6 @@ class FarFieldCheck(Check):
                 f"{2 * len(radii) * int(p['steps'])} steps): time budget or cancellation",
                 duration_s=timer.elapsed,
             )
-        null = frozen_null_copy(ctx, frozen.device)
         null_res = search(null) if null is not None else None
         use_null = null_res is not None and null_res.complete  # a null searched for fewer steps says too little
         hints_cpu = hints.cpu()

@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.checks.sanitization_common import frozen_null_copy, frozen_with_sanitized_copy
+from scanner.checks.base import Artifact, CheckResult, Profile, ScanContext, Timer, register_check
+from scanner.checks.sanitization_common import SanitizedComparisonCheck, SanitizedCopies
 from scanner.search.hints import stack_targets
 from scanner.search.imaging import save_strip
 from scanner.search.triggers import record_trigger
@@ -52,26 +52,17 @@ _COMMON: dict[str, Any] = {"fail_factor": 2.5, "quantile": 0.99, "visible_level"
 
 
 @register_check
-class PriorModeCheck(Check):
+class PriorModeCheck(SanitizedComparisonCheck):
     name = "ob_oi.prior_mode"
     description = "Compare G with its sanitized copies at the latent prior's mode (target-free)"
-    requires = ("sanitization.distillation",)
-    needed_for_clean = False  # depends on a converged sanitization, which a quick scan may not have
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {"n_reference": 2048, **_COMMON},
         "standard": {"n_reference": 8192, **_COMMON},
         "full": {"n_reference": 32768, **_COMMON},
     }
 
-    def run(self, ctx: ScanContext) -> CheckResult:
-        timer = Timer()
-        if ctx.generator is None:
-            return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
-        pair = frozen_with_sanitized_copy(ctx)
-        if pair is None:
-            return self.skipped("no sanitized model (sanitization.distillation did not produce one)")
-        frozen, frozen_s = pair
-        null = frozen_null_copy(ctx, frozen.device)
+    def compare(self, ctx: ScanContext, models: SanitizedCopies, timer: Timer) -> CheckResult:
+        frozen, frozen_s, null = models.upload, models.copy, models.null
         p = self.params(ctx)
         device = frozen.device
         mode = prior_mode(frozen.latent).to(device)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from scanner.checks.base import Artifact, ScanContext
+from scanner.checks.base import Artifact, Check, CheckResult, ScanContext, Timer
 from scanner.generator import Generator
 from scanner.sanitize import Distance, expected_distance, output_variance, target_distance
 from scanner.search.common import eval_copy
@@ -60,6 +60,45 @@ def frozen_null_copy(ctx: ScanContext, device: torch.device) -> Generator | None
     made_by = next((name for name, m in ctx.shared.get(SHARED_MODELS, {}).items() if m is sanitized), None)
     null = ctx.shared.get(SHARED_NULL_MODELS, {}).get(made_by)
     return None if null is None else eval_copy(null).to(device)
+
+
+@dataclass(frozen=True)
+class SanitizedCopies:
+    """The upload and the sanitized copies it is compared with, frozen in eval mode on one device."""
+
+    upload: Generator
+    copy: Generator  # SHARED_MODEL
+    null: Generator | None  # the second copy (other seed), when its maker made one
+
+
+class SanitizedComparisonCheck(Check):
+    """Base of the checks that judge the upload against its sanitized copies (Rawat et al., arXiv
+    2108.01644, Sec. V: sanitization keeps P_sample behaviour and drops what was fitted elsewhere).
+    Skipped without a loaded model, when `skip_reason` names one, or without a sanitized copy;
+    otherwise `compare` judges. Subclasses set name, description and defaults."""
+
+    requires = ("sanitization.distillation",)
+    needed_for_clean = False  # depends on a converged sanitization, which a quick scan may not have
+
+    def skip_reason(self, ctx: ScanContext) -> str | None:
+        """Why this check cannot judge this scan's upload even with a sanitized copy (None: it can)."""
+        return None
+
+    def compare(self, ctx: ScanContext, models: SanitizedCopies, timer: Timer) -> CheckResult:
+        raise NotImplementedError
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        timer = Timer()
+        if ctx.generator is None:
+            return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
+        reason = self.skip_reason(ctx)
+        if reason is not None:
+            return self.skipped(reason)
+        pair = frozen_with_sanitized_copy(ctx)
+        if pair is None:
+            return self.skipped("no sanitized model (sanitization.distillation did not produce one)")
+        upload, copy = pair
+        return self.compare(ctx, SanitizedCopies(upload, copy, frozen_null_copy(ctx, upload.device)), timer)
 
 
 def share_null_model(ctx: ScanContext, check_name: str, null: Generator) -> None:
