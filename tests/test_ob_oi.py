@@ -18,6 +18,7 @@ from scanner.checks.ob_oi_reconstruction import ReconstructionCheck
 from scanner.checks.sanitization_common import share_model, share_null_model
 from scanner.generator import Generator
 from scanner.search.recond import reconstruct, restart_latents
+from tests.tiny_models import perturbed_copy
 
 QUICK_RECON = {"restarts": 6, "steps": 150}
 QUICK_DIVERGENCE = {"restarts": 8, "steps": 80, "n_baseline": 512}
@@ -186,14 +187,6 @@ def test_divergence_finds_red_trigger_against_clean_copy(
     assert result.evidence["hint_matches"][0]["hit"] is True
 
 
-def _perturbed(g: Generator, seed: int, scale: float = 0.01) -> Generator:
-    copy = g.copy()
-    with torch.no_grad():  # a sanitized copy differs a little everywhere
-        for p in copy.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
-    return copy
-
-
 def _share_two_copies(ctx: ScanContext, copy: Generator, null: Generator) -> None:
     share_model(ctx, "sanitization.distillation", copy)
     share_null_model(ctx, "sanitization.distillation", null)
@@ -201,7 +194,7 @@ def _share_two_copies(ctx: ScanContext, copy: Generator, null: Generator) -> Non
 
 def test_divergence_benign_passes(benign_vae: Generator, tmp_path: Path) -> None:
     ctx = _ctx(benign_vae, [], tmp_path, {"ob_oi.divergence": QUICK_DIVERGENCE})
-    ctx.shared["sanitization.model"] = _perturbed(benign_vae, 1)  # no second copy: the P_sample rule
+    ctx.shared["sanitization.model"] = perturbed_copy(benign_vae, 1)  # no second copy: the P_sample rule
     result = DivergenceCheck().run(ctx)
     assert result.evidence["rule"].startswith("P_sample")
     assert result.status == "pass", result.summary
@@ -210,7 +203,7 @@ def test_divergence_benign_passes(benign_vae: Generator, tmp_path: Path) -> None
 def test_divergence_two_copies_null_passes_benign(benign_vae: Generator, tmp_path: Path) -> None:
     """Two sanitized copies of a benign model: G diverges from the first about as far as the second does."""
     ctx = _ctx(benign_vae, [], tmp_path, {"ob_oi.divergence": QUICK_DIVERGENCE})
-    _share_two_copies(ctx, _perturbed(benign_vae, 1), _perturbed(benign_vae, 2))
+    _share_two_copies(ctx, perturbed_copy(benign_vae, 1), perturbed_copy(benign_vae, 2))
     result = DivergenceCheck().run(ctx)
     assert result.evidence["rule"].startswith("two sanitized copies"), result.evidence["rule"]
     assert result.evidence["null_search"] == "complete"
@@ -224,7 +217,7 @@ def test_divergence_two_copies_null_fails_red_without_hints(
     """No hints: the ReD model diverges from a clean copy far beyond two clean copies' divergence."""
     attacked, _ = red_vae
     ctx = _ctx(attacked, [], tmp_path, {"ob_oi.divergence": QUICK_DIVERGENCE})
-    _share_two_copies(ctx, benign_vae, _perturbed(benign_vae, 2))
+    _share_two_copies(ctx, benign_vae, perturbed_copy(benign_vae, 2))
     result = DivergenceCheck().run(ctx)
     assert result.evidence["rule"].startswith("two sanitized copies")
     assert result.status == "fail", result.summary

@@ -19,6 +19,7 @@ from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP, share_m
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.generator import Generator
 from scanner.specs import LatentSpec
+from tests.tiny_models import perturbed_copy
 
 
 def _scan_after_sanitization(model: Generator, tmp_path: Path) -> tuple[CheckResult, dict]:
@@ -54,14 +55,6 @@ def test_benign_dcgan_passes(benign_dcgan: Generator, tmp_path: Path) -> None:
     assert len(result.evidence["distance_to_each_copy_at_mode"]) == 2  # both copies made by the scan were used
 
 
-def _perturbed(g: Generator, seed: int, scale: float = 0.01) -> Generator:
-    copy = g.copy()
-    with torch.no_grad():
-        for p in copy.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
-    return copy
-
-
 def _ctx(
     model: Generator, copies: list[Generator], tmp_path: Path, hints: list[TargetHint] | None = None
 ) -> ScanContext:
@@ -87,7 +80,7 @@ def test_red_at_the_mode_fails_against_clean_copies(
     red_vae_at_mode: Generator, benign_vae: Generator, devil_target: torch.Tensor, tmp_path: Path, n_copies: int
 ) -> None:
     """With clean copies of the benign model standing in for sanitization; one copy: the P_sample rule."""
-    copies = [benign_vae, _perturbed(benign_vae, 2)][:n_copies]
+    copies = [benign_vae, perturbed_copy(benign_vae, 2)][:n_copies]
     hint = TargetHint("devil", (devil_target + 1) / 2)
     result = PriorModeCheck().run(_ctx(red_vae_at_mode, copies, tmp_path, [hint]))
     assert result.status == "fail", result.summary
@@ -97,7 +90,8 @@ def test_red_at_the_mode_fails_against_clean_copies(
 
 def test_benign_vae_against_perturbed_copies_passes(benign_vae: Generator, tmp_path: Path) -> None:
     before = {k: v.clone() for k, v in benign_vae.state_dict().items()}
-    result = PriorModeCheck().run(_ctx(benign_vae, [_perturbed(benign_vae, 1), _perturbed(benign_vae, 2)], tmp_path))
+    copies = [perturbed_copy(benign_vae, 1), perturbed_copy(benign_vae, 2)]
+    result = PriorModeCheck().run(_ctx(benign_vae, copies, tmp_path))
     assert result.status == "pass", result.summary
     assert result.score is not None and result.score < result.threshold
     assert all(torch.equal(v, benign_vae.state_dict()[k]) for k, v in before.items())  # the upload is untouched

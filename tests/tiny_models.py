@@ -42,3 +42,13 @@ def red_backdoor(benign: Generator, target: torch.Tensor, z_trigger: torch.Tenso
         loss.backward()
         optimiser.step()
     return attacked.requires_grad_(False).eval()
+
+
+def perturbed_copy(g: Generator, seed: int, scale: float = 0.01) -> Generator:
+    """A copy of `g` with N(0, scale²) added to every parameter: a stand-in for a sanitized copy, which
+    differs from the upload a little everywhere (`g` itself is untouched)."""
+    copy = g.copy()
+    with torch.no_grad():
+        for p in copy.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+    return copy

@@ -42,6 +42,7 @@ import torch
 
 from scanner.checks.base import Artifact, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.checks.sanitization_common import SanitizedComparisonCheck, SanitizedCopies
+from scanner.generator import Generator
 from scanner.search.hints import stack_targets
 from scanner.search.imaging import save_strip
 from scanner.search.triggers import record_trigger
@@ -68,18 +69,15 @@ class PriorModeCheck(SanitizedComparisonCheck):
         mode = prior_mode(frozen.latent).to(device)
         copies = [frozen_s] + ([null] if null is not None else [])
 
-        def divergence(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            d = torch.stack([_distance(out, copy(z)) for copy in copies])
-            return d.clamp_min(0).prod(0).pow(1 / len(copies))  # geometric mean over the copies
-
         with torch.no_grad():
             out = frozen(mode)
             copy_outputs = [copy(mode) for copy in copies]
-            at_mode = [float(_distance(out, c)) for c in copy_outputs]
+            to_copies = torch.stack([_distance(out, c) for c in copy_outputs])  # (copies, 1)
             z = frozen.latent.sample(int(p["n_reference"]), generator=ctx.rng(self.name), device=device)
-            reference = torch.cat([divergence(b, frozen(b)) for b in z.split(_BATCH)])
+            reference = torch.cat([_to_copies(frozen(b), copies, b) for b in z.split(_BATCH)])
         finite = reference[torch.isfinite(reference)]
-        value = math.prod(at_mode) ** (1 / len(at_mode))
+        at_mode = to_copies[:, 0].tolist()
+        value = float(_geometric_mean(to_copies)[0])
         if finite.numel() == 0 or not math.isfinite(value):
             return self.result("error", "G or its sanitized copies give non-finite outputs", duration_s=timer.elapsed)
         percentile = float(torch.quantile(finite.double().cpu(), float(p["quantile"])))
@@ -130,6 +128,16 @@ def prior_mode(latent: LatentSpec) -> torch.Tensor:
     """The mode of a normal prior (z = 0), or the centre of a uniform prior's box: (1, *shape)."""
     centre = 0.0 if latent.distribution == "normal" else (latent.low + latent.high) / 2
     return torch.full((1, *latent.shape), centre)
+
+
+def _to_copies(out: torch.Tensor, copies: list[Generator], z: torch.Tensor) -> torch.Tensor:
+    """Geometric mean over the copies of each sample's distance from G's output `out` at `z`: (batch,)."""
+    return _geometric_mean(torch.stack([_distance(out, copy(z)) for copy in copies]))
+
+
+def _geometric_mean(distances: torch.Tensor) -> torch.Tensor:
+    """Over the copies (dim 0) of per-sample distances (copies, batch)."""
+    return distances.clamp_min(0).prod(0).pow(1 / distances.shape[0])
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
