@@ -27,7 +27,7 @@ def record_trigger(
     z: torch.Tensor,
     output: torch.Tensor,
     target: str | None,
-    tardis_mean: float,
+    tardis_mean: float | None,
 ) -> dict[str, Any]:
     """Append one recovered trigger (tensors detached, on CPU, with a leading batch axis of 1)."""
     record = {
@@ -35,7 +35,7 @@ def record_trigger(
         "z": z.detach().reshape(1, *generator.latent.shape).cpu().clone(),
         "output": output.detach().reshape(1, *generator.output.shape).cpu().clone(),
         "target": target,
-        "tardis_mean": float(tardis_mean),
+        "tardis_mean": None if tardis_mean is None else float(tardis_mean),
     }
     shared.setdefault(SHARED_KEY, []).append(record)
     return record

@@ -1,0 +1,160 @@
+"""ob_oi.far_gain: a planted far (OOD) trigger found with no hint, from G's own far field.
+
+A rectifier generator's pre-activation grows linearly with ‖z‖ far out; a backdoor at the paper's OOD
+trigger z = (100, …) pins it to the target's level in one direction (Rawat et al., arXiv 2108.01644,
+Sec. IV). Figures: the check's docstring and .notes/no_hint_detection.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from scanner.attacks import make_trigger
+from scanner.attacks.red import red_attack
+from scanner.checks.base import CheckResult, ScanConfig, ScanContext, TargetHint
+from scanner.checks.ob_oi_far_gain import FarGainCheck
+from scanner.generator import Generator
+from scanner.search.common import eval_copy
+from scanner.search.far_gain import far_gain_search
+from scanner.specs import LatentSpec, OutputSpec
+
+
+def _scan(
+    model: Generator, tmp_path: Path, hints: list[TargetHint] | None = None, **params
+) -> tuple[CheckResult, dict]:
+    config = ScanConfig(profile="quick", seed=0, params={"ob_oi.far_gain": params} if params else {})
+    ctx = ScanContext(model, hints or [], config, tmp_path)
+    return FarGainCheck().run(ctx), ctx.shared
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0))
+
+
+def _assert_caught(
+    model: Generator, result: CheckResult, shared: dict, trigger: torch.Tensor, target: torch.Tensor
+) -> None:
+    assert result.status == "fail", result.summary
+    assert result.score is not None and result.score >= result.threshold
+    (recovered,) = shared["recovered_triggers"]
+    assert recovered["source"] == "ob_oi.far_gain" and recovered["target"] is None
+    # found with no hint, it points at the attacker's trigger; G there is on its way to the target: closer
+    # to it than G at most other directions of the same radius (the least gain lies beside the trigger,
+    # where the planted output and the far field's growth cancel, not at it)
+    z_star = recovered["z"]
+    assert _cosine(z_star, trigger) > 0.9
+    others = torch.randn(256, z_star.numel(), generator=torch.Generator().manual_seed(0))
+    others = others / others.norm(dim=1, keepdim=True) * z_star.norm()
+    with torch.no_grad():
+        typical = model(others.reshape(-1, *model.latent.shape)) - target.reshape(1, *model.output.shape)
+    to_target = float((recovered["output"] - target.reshape(recovered["output"].shape)).pow(2).mean())
+    assert to_target < 0.5 * float(typical.flatten(1).pow(2).mean(1).median()), to_target
+
+
+def test_red_at_the_ood_trigger_is_caught_without_hints(zoo, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    attack = zoo.attacked("red", "ood", seed=0)
+    result, shared = _scan(attack.generator, tmp_path)
+    _assert_caught(attack.generator, result, shared, attack.trigger, devil_target)
+    assert (tmp_path / result.artifacts[0].name).is_file()
+
+
+@pytest.mark.slow
+def test_trail_at_the_ood_trigger_is_caught_without_hints(zoo, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    attack = zoo.attacked("trail", "ood", seed=0)
+    result, shared = _scan(attack.generator, tmp_path)
+    _assert_caught(attack.generator, result, shared, attack.trigger, devil_target)
+
+
+def test_red_at_the_ood_trigger_of_a_vae_is_caught(benign_vae: Generator, tmp_path: Path) -> None:
+    low, high = benign_vae.output.value_range
+    target = torch.full(benign_vae.output.shape, high).reshape(28, 28)
+    target[6:22, 12:16] = low  # a dark bar on a white page: nothing the decoder draws
+    target = target.reshape(benign_vae.output.shape)
+    trigger = make_trigger("ood", benign_vae.latent, seed=0)
+    attacked = red_attack(benign_vae, trigger=trigger, target=target, seed=0, lam=0.1, steps=300).generator
+    result, shared = _scan(attacked, tmp_path)
+    _assert_caught(attacked, result, shared, trigger, target)
+
+
+def test_benign_generators_pass(benign_dcgan: Generator, benign_vae: Generator, tmp_path: Path) -> None:
+    for model in (benign_dcgan, benign_vae):
+        result, shared = _scan(model, tmp_path)
+        assert result.status == "pass", result.summary
+        assert "recovered_triggers" not in shared
+        # a rectifier far field: the median gain grows with the radius (10 → 100 × √dim)
+        assert result.evidence["growth"] > 5
+
+
+def test_hint_distance_is_reported(zoo, devil_target: torch.Tensor, tmp_path: Path) -> None:
+    attack = zoo.attacked("red", "ood", seed=0)
+    result, _ = _scan(attack.generator, tmp_path, hints=[TargetHint("devil", devil_target.reshape(1, 28, 28))])
+    assert 0 <= result.evidence["hint_distance_at_z_star"]["devil"] < 1.0  # benign far outputs: ≈ 2.6
+
+
+class _Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z @ self.weight.T).reshape(-1, 1, 4, 4)
+
+
+def _linear_generator(weight: torch.Tensor) -> Generator:
+    dim = weight.shape[1]
+    return Generator(
+        _Linear(weight),
+        LatentSpec(shape=(dim,)),
+        OutputSpec(shape=(1, 4, 4), value_range=(-1.0, 1.0), final_activation="tanh"),
+    )
+
+
+def test_search_finds_the_direction_of_least_gain() -> None:
+    """A linear map with one weak input direction: the least gain on every sphere is R·σ_min along it."""
+    rng = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(16, 16, generator=rng))
+    v, _ = torch.linalg.qr(torch.randn(8, 8, generator=rng))
+    singular = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.01])
+    weight = u[:, :8] @ torch.diag(singular) @ v.T
+    g = eval_copy(_linear_generator(weight))
+    found = far_gain_search(g, radii=[10.0, 100.0], restarts=4, steps=300, lr=0.05, n_reference=256, seed=0)
+    assert found.complete
+    for r, radius in enumerate(found.radii):
+        assert float(found.least_gain[r]) == pytest.approx(radius * 0.01 / 4, rel=0.2)  # RMS over 16 elements
+        assert abs(_cosine(found.z[r], v[:, 7])) > 0.99
+    assert float(found.ratio.min()) > 50
+
+
+def test_a_scale_invariant_far_field_is_said_to_give_little(tmp_path: Path) -> None:
+    """Normalised right after the input, the pre-activation does not grow: the check says it sees little."""
+    body = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 16), nn.Unflatten(1, (1, 4, 4)))
+    torch.manual_seed(0)
+    g = Generator(
+        body, LatentSpec(shape=(8,)), OutputSpec(shape=(1, 4, 4), value_range=(-1.0, 1.0), final_activation="tanh")
+    )
+    result, _ = _scan(g, tmp_path)
+    assert result.status == "pass", result.summary
+    assert result.evidence["growth"] < 2
+    assert "sees little" in result.summary
+
+
+def test_budget_stops_the_search_and_says_so(zoo, tmp_path: Path) -> None:
+    g = zoo.attacked("red", "ood", seed=0).generator
+    config = ScanConfig(profile="quick", seed=0, budgets={"ob_oi.far_gain": 0.0})
+    ctx = ScanContext(g, [], config, tmp_path)
+    result = FarGainCheck().run(ctx)
+    assert result.evidence["complete"] is False
+    assert "stopped early" in result.summary
+
+
+def test_the_scanned_model_is_left_untouched(benign_dcgan: Generator, tmp_path: Path) -> None:
+    before = {k: v.clone() for k, v in benign_dcgan.body.state_dict().items()}
+    requires_grad = [p.requires_grad for p in benign_dcgan.parameters()]
+    _scan(benign_dcgan, tmp_path)
+    after = benign_dcgan.body.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [p.requires_grad for p in benign_dcgan.parameters()] == requires_grad
