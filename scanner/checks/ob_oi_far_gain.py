@@ -34,7 +34,7 @@ import torch
 from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.search.common import eval_copy, latent_plausibility
 from scanner.search.far_gain import far_gain_search
-from scanner.search.hints import stack_targets
+from scanner.search.hints import distance_to_each_hint
 from scanner.search.imaging import save_strip
 from scanner.search.triggers import record_trigger
 
@@ -83,11 +83,7 @@ class FarGainCheck(Check):
         with torch.no_grad():
             out = frozen(z_star).cpu()
             typical = frozen(z_star.roll(1, dims=-1)).cpu()  # same radius, another direction: what G draws there
-        hint_distance: dict[str, float] = {}
-        if ctx.targets:
-            hints = stack_targets(frozen, ctx.targets, torch.device("cpu"))
-            for hint, h in zip(ctx.targets, hints, strict=True):
-                hint_distance[hint.name] = float((out - h.unsqueeze(0)).pow(2).mean())
+        hint_distance = distance_to_each_hint(frozen, ctx.targets, out)
         if status == "fail":  # target-free: no target to measure TarDis against (hint distances: evidence)
             record_trigger(ctx.shared, frozen, source=self.name, z=z_star, output=out, target=None, tardis_mean=None)
         art = f"{self.name}/least_gain.png"

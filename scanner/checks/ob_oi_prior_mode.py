@@ -43,7 +43,7 @@ import torch
 from scanner.checks.base import Artifact, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.checks.sanitization_common import SanitizedComparisonCheck, SanitizedCopies
 from scanner.generator import Generator
-from scanner.search.hints import stack_targets
+from scanner.search.hints import distance_to_each_hint
 from scanner.search.imaging import save_strip
 from scanner.search.triggers import record_trigger
 from scanner.specs import LatentSpec
@@ -89,11 +89,7 @@ class PriorModeCheck(SanitizedComparisonCheck):
         status = "fail" if score >= threshold else "pass"
         if status == "fail":
             record_trigger(ctx.shared, frozen, source=self.name, z=mode, output=out, target=None, tardis_mean=value)
-        hint_distance: dict[str, float] = {}
-        if ctx.targets:
-            hints = stack_targets(frozen, ctx.targets, torch.device("cpu"))
-            for hint, h in zip(ctx.targets, hints, strict=True):
-                hint_distance[hint.name] = float(_distance(out.cpu(), h.unsqueeze(0)))
+        hint_distance = distance_to_each_hint(frozen, ctx.targets, out)
         art = f"{self.name}/mode.png"
         save_strip([out[0].cpu()] + [c[0].cpu() for c in copy_outputs], frozen.output, ctx.artifact_path(art))
         against = f"its {p['quantile']:.0%} over P_sample" if percentile >= visible else "the least visible difference"

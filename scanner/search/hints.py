@@ -17,6 +17,13 @@ def stack_targets(generator: Generator, hints: list, device: torch.device) -> to
     return torch.stack([h.tensor.reshape(shape).float() for h in hints]).to(device)
 
 
+def distance_to_each_hint(generator: Generator, hints: list, output: torch.Tensor) -> dict[str, float]:
+    """Per-element mean squared distance of one output (1, *out) to each target hint, by hint name."""
+    stacked = stack_targets(generator, hints, torch.device("cpu"))
+    flat = output.detach().cpu().reshape(1, -1)
+    return {hint.name: float((flat - h.reshape(1, -1)).pow(2).mean()) for hint, h in zip(hints, stacked, strict=True)}
+
+
 def status_rank(status: str) -> int:
     return _STATUS_RANK.get(status, 0)
 
