@@ -129,6 +129,20 @@ def test_search_finds_the_direction_of_least_gain() -> None:
     assert float(found.ratio.min()) > 50
 
 
+def test_an_anisotropic_linear_far_field_is_not_a_plant(tmp_path: Path) -> None:
+    """A weak input direction far below its sphere, but growing along its ray like every other: pass.
+    (The bench zoo's VAE decoders are such generators: ratio 12-17, ray deficit ≈ 1.)"""
+    rng = torch.Generator().manual_seed(1)
+    u, _ = torch.linalg.qr(torch.randn(16, 16, generator=rng))
+    v, _ = torch.linalg.qr(torch.randn(8, 8, generator=rng))
+    weight = u[:, :8] @ torch.diag(torch.tensor([1.0] * 7 + [0.05])) @ v.T
+    result, shared = _scan(_linear_generator(weight), tmp_path)
+    assert result.status == "pass", result.summary
+    assert max(result.evidence["ratio_per_radius"]) > 10  # below its sphere, as a plant would be ...
+    assert max(result.evidence["growth_deficit_per_radius"]) < 1.5  # ... but it grows along its ray
+    assert "recovered_triggers" not in shared
+
+
 def test_a_scale_invariant_far_field_is_said_to_give_little(tmp_path: Path) -> None:
     """Normalised right after the input, the pre-activation does not grow: the check says it sees little."""
     body = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 16), nn.Unflatten(1, (1, 4, 4)))
