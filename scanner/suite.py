@@ -27,7 +27,8 @@ authors keep it JSON-able or use a pickle-capable transport).
 Selection (documented for users in docs/report-schema.md):
 - the profile (quick | standard | full) picks the checks whose ``profiles`` contain it;
 - ``config.only`` narrows the scan to those checks (names or whole families) plus, transitively,
-  the checks they require; checks outside ``only`` are not part of the scan and not reported;
+  the checks they require; checks outside ``only`` are not part of the scan and not reported; a
+  check named exactly runs even if the profile does not list it (opt-in checks have ``profiles = ()``);
 - ``config.skip`` removes checks (names or families) but they ARE reported, as ``skipped``, so a
   skipped check that is needed for clean makes the verdict ``inconclusive`` (fail closed);
 - order: topological by ``requires`` with ties broken by family (format, static, dynamic, bf_oi,
@@ -316,7 +317,8 @@ def select_checks(registry: Mapping[str, type[Check]], config: ScanConfig) -> tu
             raise ScanConfigError("`only` is empty: name at least one check or family (or leave it unset)")
         selected: set[str] = set()
         for selector in config.only:
-            hits = _match(in_profile, selector)
+            # a check named exactly runs even outside the profile: how opt-in checks (profiles = ()) are used
+            hits = _match(in_profile, selector) or ({selector} if selector in registry else set())
             if not hits:
                 raise ScanConfigError(f"{selector!r} is not part of the {config.profile!r} profile")
             selected |= hits

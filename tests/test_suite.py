@@ -23,6 +23,7 @@ from scanner.suite import (
     plan_scan,
     run_check_shard,
     safe_hint_name,
+    select_checks,
     topological_order,
 )
 from scanner.verdict import decide_verdict, exit_code
@@ -447,3 +448,19 @@ def test_sloppy_results_are_made_json_safe_or_become_errors(
     )
     assert by_name["static.zz_test_wrong_return"]["status"] == "error"
     assert "not a CheckResult" in by_name["static.zz_test_wrong_return"]["summary"]
+
+
+def test_an_opt_in_check_runs_only_when_named() -> None:
+    """ob_oi.far_gain is in no profile (it false-alarms on longer-trained benign DCGANs): a default scan
+    and the whole ob_oi family leave it out; naming it runs it."""
+    from scanner.checks import load_all
+
+    registry = load_all()
+    assert registry["ob_oi.far_gain"].profiles == ()
+    for profile in ("quick", "standard", "full"):
+        order, _, _ = select_checks(registry, ScanConfig(profile=profile))
+        assert "ob_oi.far_gain" not in order
+    family, _, _ = select_checks(registry, ScanConfig(profile="quick", only=["ob_oi"]))
+    assert "ob_oi.far_gain" not in family and "ob_oi.prior_mode" in family
+    named, _, _ = select_checks(registry, ScanConfig(profile="quick", only=["ob_oi.far_gain", "format"]))
+    assert "ob_oi.far_gain" in named and any(n.startswith("format.") for n in named)

@@ -25,7 +25,14 @@ layer: a far field that does not grow, ratio 1.4), WaveGAN 1.4; at the paper's O
 35 (devil / digit 7), ReX 26, TrAIL 18, poisoning 30, VAE ReD 38, test-zoo ReD 60; the least direction
 at cosine ≈ 0.98 to the attacker's trigger. In-sample and mode backdoors are not this check's to
 find (1.4-9.1; the trained-from-scratch in-sample TrAIL and poisoning the highest). Fail line 10:
-1.7× above the worst benign model, 1.8× below the weakest plant — from one zoo.
+1.7× above the worst benign model of the zoo, 1.8× below the weakest plant.
+
+**Not in any profile (opt-in by name):** benign DCGANs trained longer than the zoo's score higher —
+base-8 DCGAN, 6 epochs: 6.6 / 8.4 (seeds 0 / 1); 12 epochs: **18.1 / 18.1, a fail** (ratio 9-13,
+deficit 26-28 at 10 √dim: longer GAN training grows low-gain directions of its own). Only the ReD/ReX
+plants (25-60) stay clearly above that; TrAIL (18) and poisoning (30) do not separate from it. Until
+the rule tells trained benign far fields from plants, the check is evidence a reviewer asks for
+(`--only ob_oi.far_gain`), not part of a default verdict.
 
 A model whose pre-activation does not grow between the smallest and the largest radius (normalised
 right after the input, saturating hidden activations) has no linear far field to break; the
@@ -57,7 +64,13 @@ _COMMON: dict[str, Any] = {
 @register_check
 class FarGainCheck(Check):
     name = "ob_oi.far_gain"
-    description = "Search far outside P_sample for a direction where G's pre-activation stops growing (target-free)"
+    description = (
+        "Opt-in (no profile): search far outside P_sample for a direction where G's pre-activation stops "
+        "growing (target-free)"
+    )
+    # Opt-in, run by naming it (`--only ob_oi.far_gain`): benign DCGANs trained 12 epochs score 18 (fail),
+    # as high as the weakest plant (module docstring); it must not decide a default scan's verdict.
+    profiles: ClassVar[tuple[Profile, ...]] = ()
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {"restarts": 16, "steps": 150, "n_reference": 1024, **_COMMON},
         "standard": {"restarts": 32, "steps": 200, "n_reference": 4096, **_COMMON},

@@ -63,7 +63,7 @@ class DistillationSanitization(Check):
     description = "Distill the model into a perturbed/fresh copy on P_sample only; compare at recovered triggers"
     needed_for_clean = False  # a defense: its failure leaves the detectors' verdict standing
     # recovered triggers come from OB-OI reconstruction; the sanitized model feeds ob_oi divergence
-    requires = ("ob_oi.reconstruction", "ob_oi.far_gain")  # probes the triggers they recover
+    requires = ("ob_oi.reconstruction",)
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         # per round; the budget covers every round (a round it cuts short is dropped, the last whole one kept)
         "quick": {

@@ -64,7 +64,7 @@ class FinePruningSanitization(Check):
     name = "sanitization.fine_pruning"
     description = "Prune units dormant on P_sample and fine-tune on the distillation loss"
     needed_for_clean = False  # a defense: its failure leaves the detectors' verdict standing
-    requires = ("ob_oi.reconstruction", "ob_oi.far_gain", "dynamic.sleeper_units", "static.block_sparsity")
+    requires = ("ob_oi.reconstruction", "dynamic.sleeper_units", "static.block_sparsity")
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {**_COMMON, "steps": 200, "batch_size": 64, "time_budget_s": 20.0, "n_eval": 512, "n_activity": 512},
         "standard": {
