@@ -102,7 +102,7 @@ class FarGainCheck(Check):
                 "error", "G's pre-activation is not finite far from the origin", duration_s=timer.elapsed
             )
         # Along its own ray, a least-gain direction of a piecewise-linear far field still grows like the
-        # radius (an anisotropic but plain generator: the bench zoo's VAE decoders reach ratio 12-15);
+        # radius (an anisotropic but plain generator: the bench zoo's VAE decoders reach ratio 12-17);
         # a planted one does not. deficit = what linear growth from radius/ray_factor predicts / what G reaches.
         ray_factor = float(p["ray_factor"])
         with torch.no_grad():
@@ -111,6 +111,10 @@ class FarGainCheck(Check):
         threshold = float(p["fail_factor"])
         # the geometric mean: a direction must be both far below its sphere and far below its own ray's growth
         per_radius = (ratio * deficit).sqrt()
+        if not torch.isfinite(per_radius).all():
+            return self.result(
+                "error", "G's pre-activation is not finite along the search's rays", duration_s=timer.elapsed
+            )
         worst = int(per_radius.argmax())
         score = float(per_radius[worst])
         status = "fail" if score >= threshold else "pass"
