@@ -45,7 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where checks run (default cpu)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every random draw (default 0)")
-    parser.add_argument("--only", action="append", metavar="CHECK", help="run only this check or family (repeatable)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="CHECK",
+        help="run only this check or family (repeatable); a check named exactly runs even if the profile "
+        "leaves it out (opt-in checks such as ob_oi.far_gain)",
+    )
     parser.add_argument("--skip", action="append", default=[], metavar="CHECK", help="skip a check or family")
     parser.add_argument(
         "--budget",
