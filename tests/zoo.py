@@ -1,9 +1,9 @@
 """The shared test model zoo: small benign and backdoored MNIST generators, trained once and cached.
 
 Every entry is trained by the project's own code (scanner.training, scanner.attacks) and cached
-on disk under .pytest_cache/dgmscan-zoo, keyed by *all* parameters plus ZOO_VERSION, so a test
-session pays for training only the first time. Entries are returned as fresh copies: a test may
-modify what it gets without affecting other tests.
+on disk under .pytest_cache/dgmscan-zoo, keyed by *all* parameters, ZOO_VERSION and torch's thread
+count, so a test session pays for training only the first time. Entries are returned as fresh
+copies: a test may modify what it gets without affecting other tests.
 
     from tests import zoo
     g = zoo.benign_dcgan(seed=0)                       # Generator, dcgan28 base=16
@@ -48,7 +48,11 @@ _memory: dict[str, Any] = {}
 
 
 def _key(kind: str, params: dict[str, Any]) -> str:
-    blob = json.dumps({"kind": kind, "v": ZOO_VERSION, **params}, sort_keys=True, default=str)
+    # The intra-op thread count changes the summation order, and a GAN trained for epochs drifts
+    # with it (weights up to 0.07 apart between a 1- and a 2-thread build): a scratch script run
+    # with other threads must not leave entries that tests built with the default then reuse.
+    recipe = {"kind": kind, "v": ZOO_VERSION, "torch_threads": torch.get_num_threads(), **params}
+    blob = json.dumps(recipe, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
