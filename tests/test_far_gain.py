@@ -19,7 +19,7 @@ from scanner.checks.base import CheckResult, ScanConfig, ScanContext, TargetHint
 from scanner.checks.ob_oi_far_gain import FarGainCheck
 from scanner.generator import Generator
 from scanner.search.common import eval_copy
-from scanner.search.far_gain import far_gain_search
+from scanner.search.far_gain import far_gain_search, rms_pre_activation
 from scanner.specs import LatentSpec, OutputSpec
 
 
@@ -67,10 +67,20 @@ def test_red_at_the_ood_trigger_is_caught_without_hints(zoo, devil_target: torch
 
 
 @pytest.mark.slow
-def test_trail_at_the_ood_trigger_is_caught_without_hints(zoo, devil_target: torch.Tensor, tmp_path: Path) -> None:
-    attack = zoo.attacked("trail", "ood", seed=0)
-    result, shared = _scan(attack.generator, tmp_path)
-    _assert_caught(attack.generator, result, shared, attack.trigger, devil_target)
+def test_a_benign_dcgan_trained_longer_passes(zoo, tmp_path: Path) -> None:
+    """Trained 12 epochs, a DCGAN's far field has low-gain directions of its own, and its typical shell
+    sits far above the straight line its rays settle on: judged against a smaller radius (the first rule)
+    this model scored 11-18, a fail; judged against the ray's far asymptote it passes."""
+    model = zoo.benign_dcgan_long(seed=0)
+    result, shared = _scan(model, tmp_path)
+    assert result.status == "pass", result.summary
+    assert "recovered_triggers" not in shared
+    assert max(result.evidence["ratio_per_radius"]) > 5  # anisotropic, as trained GANs become
+    z_star = result.evidence["z_star"].reshape(1, *model.latent.shape)
+    with torch.no_grad():
+        frozen = eval_copy(model)
+        toward_shell = 10 * rms_pre_activation(frozen, z_star / 10) / rms_pre_activation(frozen, z_star)
+    assert float(toward_shell) > 5  # what the first rule read as a deficit
 
 
 def test_red_at_the_ood_trigger_of_a_vae_is_caught(benign_vae: Generator, tmp_path: Path) -> None:

@@ -11,13 +11,18 @@ spheres of radius_factors × √dim for the direction u* of least RMS pre-activa
 things of it, at each radius R:
 
     ratio   = median gain over random directions at R / gain at R·u*   (how far below its sphere)
-    deficit = ray_factor · gain at (R / ray_factor)·u* / gain at R·u*    (how far below linear growth
-              along its own ray; ≈ 1 for a piecewise-linear far field)
+    deficit = (gain at far_factor·R·u*) / far_factor / gain at R·u*      (how far below the straight line
+              its own ray settles on far out; ≈ 1 for a piecewise-linear far field)
     score   = max over radii of √(ratio · deficit)
 
 A plain but anisotropic generator has a low-gain direction that still grows along its ray (the bench
 zoo's VAE decoders: ratio 12-17, deficit ≈ 1-2); a plant is low on both. Both are properties of the
 model at hand, not of a reference architecture. Fail at ≥ fail_factor.
+
+The deficit is judged against the ray's far asymptote, not against a smaller radius: on the typical
+shell (‖z‖ ≈ √dim) a trained GAN draws confident images whose pre-activation is far above what linear
+growth from the origin predicts, so "10 × gain at R/10" overstated the deficit of every trained model
+at 10 √dim (the first version's false alarm on DCGANs trained 12 epochs, below).
 
 Measured (quick profile, .notes/no_hint_detection.md): benign bench-zoo DCGAN s0-s4 1.5-3.9, VAE s0-s4
 4.8-6.0, test-zoo DCGAN 3.0 and VAE 3.0, the out-of-registry generator 3.9 (GroupNorm after its first
@@ -57,7 +62,7 @@ _COMMON: dict[str, Any] = {
     "radius_factors": [10.0, 30.0, 100.0],
     "lr": 0.05,
     "fail_factor": 10.0,
-    "ray_factor": 10.0,
+    "far_factor": 100.0,
 }
 
 
@@ -103,11 +108,13 @@ class FarGainCheck(Check):
             )
         # Along its own ray, a least-gain direction of a piecewise-linear far field still grows like the
         # radius (an anisotropic but plain generator: the bench zoo's VAE decoders reach ratio 12-17);
-        # a planted one does not. deficit = what linear growth from radius/ray_factor predicts / what G reaches.
-        ray_factor = float(p["ray_factor"])
+        # a planted one dips below that line. deficit = the ray's far asymptote scaled back to R / what G
+        # reaches at R. The asymptote, not a smaller radius: the typical shell's confident images sit far
+        # above the line, and a trained far field bends down towards it without any plant.
+        far_factor = float(p["far_factor"])
         with torch.no_grad():
-            inner = rms_pre_activation(frozen, (found.z / ray_factor).to(frozen.device)).cpu()
-        deficit = ray_factor * inner / found.least_gain.clamp_min(1e-12)
+            far = rms_pre_activation(frozen, (found.z * far_factor).to(frozen.device)).cpu()
+        deficit = far / far_factor / found.least_gain.clamp_min(1e-12)
         threshold = float(p["fail_factor"])
         # the geometric mean: a direction must be both far below its sphere and far below its own ray's growth
         per_radius = (ratio * deficit).sqrt()
@@ -154,7 +161,7 @@ class FarGainCheck(Check):
                 "median_gain_random_directions": found.reference_gain.tolist(),
                 "least_gain_found": found.least_gain.tolist(),
                 "ratio_per_radius": ratio.tolist(),
-                "gain_at_radius_over_ray_factor": inner.tolist(),
+                "gain_at_far_factor_times_radius": far.tolist(),
                 "growth_deficit_per_radius": deficit.tolist(),
                 "score_per_radius": per_radius.tolist(),
                 "growth": growth,
