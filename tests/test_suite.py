@@ -451,7 +451,7 @@ def test_sloppy_results_are_made_json_safe_or_become_errors(
 
 
 def test_an_opt_in_check_runs_only_when_named() -> None:
-    """ob_oi.far_gain is in no profile (it false-alarms on longer-trained benign DCGANs): a default scan
+    """ob_oi.far_gain is in no profile (thin margin over trained benign far fields): a default scan
     and the whole ob_oi family leave it out; naming it runs it."""
     from scanner.checks import load_all
 
