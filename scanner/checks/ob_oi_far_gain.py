@@ -28,8 +28,8 @@ Measured (quick profile, scores of this rule; .notes/no_hint_detection.md, "far_
 asymptote"): benign — bench-zoo DCGAN s0-s4 (base 8, one epoch) 1.4-1.9, VAE decoders s0-s4 3.5-4.1 (ratio
 12-17, deficit ≈ 1), test-zoo DCGAN 1.6 / VAE 2.5 / WaveGAN 1.4, the out-of-registry generator 0.12
 (GroupNorm after its first layer: a far field that does not grow), DCGANs trained longer: base 8 for 12
-epochs 3.8, base 16 for 12 epochs 2.7 / 3.0 (seeds 0 / 1), base 16 for 30 epochs 3.9 (ratio 15, deficit
-1.0: training makes the far field anisotropic, not pinned). At the paper's OOD trigger: bench-zoo ReD
+epochs 3.8 and for 30 epochs 4.0, base 16 for 12 epochs 2.7 / 3.0 (seeds 0 / 1) and for 30 epochs 3.9
+(ratio 15, deficit 1.0-1.1: training makes the far field anisotropic, not pinned). At the paper's OOD trigger: bench-zoo ReD
 devil 11.8, ReD digit 7 9.3, ReX 8.1, VAE ReD 9.4, poisoning 7.2, **TrAIL 3.9 (missed)**; test-zoo ReD
 14.0, ReX 11.1, TrAIL 6.7, poisoning 4.3 (missed). Fail line 6: 1.5× above the worst benign model
 measured (4.1), 1.2-2× below the plants it catches. The least direction lies at cosine ≈ 0.98 to the
@@ -37,7 +37,7 @@ attacker's trigger. In-sample and mode backdoors are not this check's to find.
 
 **Not in any profile (opt-in by name):** the first rule judged the deficit against a tenth of the radius
 and scored base-8 DCGANs trained 12 epochs 11-18 — a false alarm on benign models. This rule has no false
-alarm on the 18 benign models above, but its margin is thin (1.5×) and the ratio part grows with training
+alarm on the 19 benign models above, but its margin is thin (1.5×) and the ratio part grows with training
 (base 16: 5.1 after 12 epochs, 15 after 30), so a generator trained far longer than any measured here
 could cross the line on anisotropy alone. Until it is measured on longer-trained and other-architecture
 benign generators, the check is evidence a reviewer asks for (`--only ob_oi.far_gain`), not part of a
