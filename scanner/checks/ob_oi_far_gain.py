@@ -25,15 +25,15 @@ growth from the origin predicts, so "10 × gain at R/10" overstated the deficit 
 at 10 √dim (the first version's false alarm on DCGANs trained 12 epochs, below).
 
 Measured (quick profile, scores of this rule; .notes/no_hint_detection.md, "far_gain against the
-asymptote"): benign — bench-zoo DCGAN s0-s4 (base 8, one epoch) 1.4-1.9, VAE decoders s0-s4 3.5-4.1 (ratio
-12-17, deficit ≈ 1), test-zoo DCGAN 1.6 / VAE 2.5 / WaveGAN 1.4, the out-of-registry generator 0.12
-(GroupNorm after its first layer: a far field that does not grow), DCGANs trained longer: base 8 for 12
-epochs 3.8 and for 30 epochs 4.0, base 16 for 12 epochs 2.7 / 3.0 (seeds 0 / 1) and for 30 epochs 3.9
-(ratio 15, deficit 1.0-1.1: training makes the far field anisotropic, not pinned). At the paper's OOD trigger: bench-zoo ReD
-devil 11.8, ReD digit 7 9.3, ReX 8.1, VAE ReD 9.4, poisoning 7.2, **TrAIL 3.9 (missed)**; test-zoo ReD
-14.0, ReX 11.1, TrAIL 6.7, poisoning 4.3 (missed). Fail line 6: 1.5× above the worst benign model
-measured (4.1), 1.2-2× below the plants it catches. The least direction lies at cosine ≈ 0.98 to the
-attacker's trigger. In-sample and mode backdoors are not this check's to find.
+asymptote"): benign — bench-zoo DCGAN s0-s4 (base 8, one epoch) 1.4-1.9, VAE decoders s0-s4 3.5-4.1
+(ratio 12-17, deficit ≈ 1), test-zoo DCGAN 1.6 / VAE 2.5 / WaveGAN 1.4, the out-of-registry generator
+0.12 (GroupNorm after its first layer: a far field that does not grow), DCGANs trained longer: base 8
+for 12 epochs 3.8 and for 30 epochs 4.0, base 16 for 12 epochs 2.7 / 3.0 (seeds 0 / 1) and for 30 epochs
+3.9 (ratio 15, deficit 1.0-1.1: training makes the far field anisotropic, not pinned). At the paper's
+OOD trigger: bench-zoo ReD devil 11.8, ReD digit 7 9.3, ReX 8.1, VAE ReD 9.4, poisoning 7.2, **TrAIL 3.9
+(missed)**; test-zoo ReD 14.0, ReX 11.1, TrAIL 6.7, poisoning 4.3 (missed). Fail line 6: 1.5× above the
+worst benign model measured (4.1), 1.2-2× below the plants it catches. The least direction lies at
+cosine ≈ 0.98 to the attacker's trigger. In-sample and mode backdoors are not this check's to find.
 
 **Not in any profile (opt-in by name):** the first rule judged the deficit against a tenth of the radius
 and scored base-8 DCGANs trained 12 epochs 11-18 — a false alarm on benign models. This rule has no false
