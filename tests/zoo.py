@@ -103,13 +103,16 @@ def _generator_entry(g: Generator) -> dict[str, Any]:
     }
 
 
-def benign_dcgan(seed: int = 0) -> Generator:
-    """A small benign dcgan28 (base=16) trained on MNIST with `seed` (≈ 1–3 min on 2 busy cores, once)."""
+def _trained_dcgan(params: dict[str, Any]) -> Generator:
     from scanner.training import train_dcgan
 
-    params = {"seed": seed, **DCGAN_SETTINGS}
     entry = _cached(_key("benign_dcgan", params), lambda: _generator_entry(train_dcgan(**params)))
     return _generator_from(entry)
+
+
+def benign_dcgan(seed: int = 0) -> Generator:
+    """A small benign dcgan28 (base=16) trained on MNIST with `seed` (≈ 1–3 min on 2 busy cores, once)."""
+    return _trained_dcgan({"seed": seed, **DCGAN_SETTINGS})
 
 
 # A benign dcgan28 trained well past the zoo's two epochs: its far field has bent low-gain directions
@@ -119,11 +122,7 @@ LONG_DCGAN_SETTINGS: dict[str, Any] = {"base": 8, "epochs": 12, "batch_size": 64
 
 def benign_dcgan_long(seed: int = 0) -> Generator:
     """A benign dcgan28 (base=8) trained 12 epochs with `seed` (≈ 2 min on 2 cores, once)."""
-    from scanner.training import train_dcgan
-
-    params = {"seed": seed, **LONG_DCGAN_SETTINGS}
-    entry = _cached(_key("benign_dcgan", params), lambda: _generator_entry(train_dcgan(**params)))
-    return _generator_from(entry)
+    return _trained_dcgan({"seed": seed, **LONG_DCGAN_SETTINGS})
 
 
 def benign_vae(seed: int = 0) -> Generator:
