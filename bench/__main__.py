@@ -169,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             out_dir=OUT_DIR,
             e2e_repeats=args.e2e_repeats,
             e2e_profiles=args.e2e_profiles,
+            e2e_paths=tuple(args.e2e_paths),
             on_progress=lambda partial: _write(name, {**stamp, "partial": True, **partial}),
             resume=previous,
         )
@@ -302,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--e2e-repeats", type=int, help="speed: repeats of each end-to-end scan (default 1 quick, 3 full)")
     run.add_argument(
         "--e2e-profiles", nargs="+", choices=("quick", "standard", "full"), help="speed: end-to-end scan profiles"
+    )
+    run.add_argument(
+        "--e2e-paths",
+        nargs="+",
+        choices=("cli", "service"),
+        default=["cli", "service"],
+        help="speed: end-to-end scans through the CLI and/or the service (its scan stops at 900 s)",
     )
     run.add_argument(
         "--resume", action="store_true", help="speed: keep the finished stages of a cut-off (partial) results file"

@@ -35,6 +35,11 @@ def _f(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _seconds(t: float) -> str:
+    """Seconds to read at a glance: whole seconds from 100 s on (not 1.5e+03)."""
+    return f"{t:.0f}" if t >= 100 else _f(t)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(_f(c) for c in row) + " |" for row in rows]
@@ -361,6 +366,15 @@ def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> lis
             "only; the CLI time includes interpreter and torch start-up, the service's worker was already warm.",
             "",
         ]
+        for p, r in cli.items():
+            slowest = sorted((t or 0.0, name) for name, t in (r.get("check_seconds") or {}).items())[::-1][:4]
+            if slowest:
+                lines += [
+                    f"Slowest checks, CLI profile {p}: "
+                    + ", ".join(f"`{name}` {_seconds(t)} s" for t, name in slowest)
+                    + f" (of {_seconds(r['median_s'])} s).",
+                    "",
+                ]
         for p in cli:
             if p in svc:
                 lines += [

@@ -182,3 +182,25 @@ def test_the_whole_profile_table_says_how_each_strong_red_model_was_made() -> No
     assert "`red-strong-foreign-in-sample-devil-s0`: ReD with λ = 1.0, 300 steps, lr 0.002 at the in-sample" in text
     assert "`red-strong-dcgan-ood-devil-s0`: ReD with λ = 0.1, 1000 steps, lr 0.001 at the ood trigger" in text
     assert "`red-strong-vae-ood-devil-s0`: recipe not recorded" in text
+
+
+def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    speed = json.loads((RESULTS_DIR / "speed.json").read_text())
+    seconds = {"calibration.controls": 1500.5, "bf_oi.closest": 30.25, "format.pickle": 0.01}
+    speed["cli"] = [
+        {
+            "profile": "full",
+            "only": None,
+            "median_s": 1700.0,
+            "times_s": [1700.0],
+            "verdict": "clean",
+            "check_seconds": seconds,
+        },
+    ]
+    (results / "speed.json").write_text(json.dumps(speed))
+    text = render(results)
+    line = next(x for x in text.splitlines() if x.startswith("Slowest checks, CLI profile full"))
+    # slowest first, with the scan's total for scale
+    assert line.index("`calibration.controls` 1500 s") < line.index("`bf_oi.closest` 30.2 s") < line.index("of 1700 s")
