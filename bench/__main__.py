@@ -162,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if previous:
             stamp["started_unix"] = previous.get("started_unix", stamp["started_unix"])
             stamp["resumed_unix"] = time.time()
+            stamp["resumed_from_revision"] = previous.get("resumed_from_revision") or previous.get("git_revision")
         res = run_speed(
             benign,
             device=args.device,

@@ -299,6 +299,14 @@ def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> lis
         "the side-by-side ratios were measured back to back in one run.",
         "",
     ]
+    if s.get("resumed_stages"):
+        resumed = datetime.fromtimestamp(s.get("resumed_unix") or 0, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        lines += [
+            f"**Resumed run**: {', '.join(s['resumed_stages'])} (their finished rows) are kept from the run "
+            f"started above (code `{s.get('resumed_from_revision') or '?'}`); the rest was measured from "
+            f"{resumed} (code `{s.get('git_revision')}`).",
+            "",
+        ]
     if s.get("partial"):
         lines += ["**Partial run**: the run was cut off (time limit) after the stages shown; missing rows read –.", ""]
     mm, bf, ob, so = s.get("matmul", {}), s.get("bf_oi", {}), s.get("ob_oi", {}), s.get("scale_out", {})

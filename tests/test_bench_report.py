@@ -199,8 +199,14 @@ def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: 
             "check_seconds": seconds,
         },
     ]
+    # a resumed run says which rows come from the earlier run and its commit
+    speed.update(
+        resumed_stages=["matmul", "cli"], resumed_unix=1.8e9, resumed_from_revision="abc123", git_revision="def456"
+    )
     (results / "speed.json").write_text(json.dumps(speed))
     text = render(results)
+    resumed = next(x for x in text.splitlines() if x.startswith("**Resumed run**"))
+    assert "matmul, cli" in resumed and "`abc123`" in resumed and "2027-01-15" in resumed and "`def456`" in resumed
     line = next(x for x in text.splitlines() if x.startswith("Slowest checks, CLI profile full"))
     # slowest first, with the scan's total for scale
     assert line.index("`calibration.controls` 1500 s") < line.index("`bf_oi.closest` 30.2 s") < line.index("of 1700 s")
