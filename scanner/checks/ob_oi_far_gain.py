@@ -37,11 +37,12 @@ cosine ≈ 0.98 to the attacker's trigger. In-sample and mode backdoors are not 
 
 **Not in any profile (opt-in by name):** the first rule judged the deficit against a tenth of the radius
 and scored base-8 DCGANs trained 12 epochs 11-18 — a false alarm on benign models. This rule has no false
-alarm on the 19 benign models above, but its margin is thin (1.5×) and the ratio part grows with training
-(base 16: 5.1 after 12 epochs, 15 after 30), so a generator trained far longer than any measured here
-could cross the line on anisotropy alone. Until it is measured on longer-trained and other-architecture
-benign generators, the check is evidence a reviewer asks for (`--only ob_oi.far_gain`), not part of a
-default verdict.
+alarm on the benign models measured, but the ratio part grows with GAN training: DCGANs trained 50-100
+epochs score 4.5-5.4 (ratio 17-29, deficit ≤ 1.24), a margin of 1.1× under the line, while untrained
+registry architectures score 0.1-1.6 and a VAE decoder's score falls with training (2.5 → 1.5 over 100
+epochs; .notes/no_hint_detection.md, "trained 50-100 epochs"). So the check is evidence a reviewer asks
+for (`--only ob_oi.far_gain`), not part of a default verdict, until its ratio discounts the far field's
+own anisotropy.
 
 A model whose pre-activation does not grow between the smallest and the largest radius (normalised
 right after the input, saturating hidden activations) has no linear far field to break; the
@@ -77,8 +78,8 @@ class FarGainCheck(Check):
         "Opt-in (no profile): search far outside P_sample for a direction where G's pre-activation stops "
         "growing (target-free)"
     )
-    # Opt-in, run by naming it (`--only ob_oi.far_gain`): its margin over benign far fields is 1.5× on the
-    # models measured, and training grows the ratio part (module docstring); not a default verdict's input.
+    # Opt-in, run by naming it (`--only ob_oi.far_gain`): benign DCGANs trained 50-100 epochs come within
+    # 1.1× of the line through the ratio part (module docstring); not a default verdict's input.
     profiles: ClassVar[tuple[Profile, ...]] = ()
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {"restarts": 16, "steps": 150, "n_reference": 1024, **_COMMON},
