@@ -301,10 +301,11 @@ def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> lis
     ]
     if s.get("resumed_stages"):
         resumed = datetime.fromtimestamp(s.get("resumed_unix") or 0, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        before = f" (code `{s['resumed_from_revision']}`)" if s.get("resumed_from_revision") else ""
+        after = f" (code `{s['git_revision']}`)" if s.get("git_revision") else ""
         lines += [
             f"**Resumed run**: {', '.join(s['resumed_stages'])} (their finished rows) are kept from the run "
-            f"started above (code `{s.get('resumed_from_revision') or '?'}`); the rest was measured from "
-            f"{resumed} (code `{s.get('git_revision')}`).",
+            f"started above{before}; the rest was measured from {resumed}{after}.",
             "",
         ]
     if s.get("partial"):
@@ -359,7 +360,7 @@ def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> lis
                     "CLI `dgmscan scan`" if kind == "cli" else "service (`dgmscan serve`, HTTP)",
                     r["profile"],
                     ", ".join(r["only"]) if r.get("only") else "all",
-                    r["median_s"],
+                    _seconds(r["median_s"]),
                     len(r["times_s"]),
                     r.get("verdict") or r.get("verdicts"),
                 ]
@@ -374,6 +375,14 @@ def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> lis
             "only; the CLI time includes interpreter and torch start-up, the service's worker was already warm.",
             "",
         ]
+        cli_only = [p for p in cli if p not in svc]
+        if cli_only:
+            why = (
+                "left out with `--e2e-paths cli`: the service path stops a scan at 900 s"
+                if "service" not in s.get("e2e_paths", ["service"])
+                else "the run ended before it"
+            )
+            lines += [f"Not measured through the service: profile {', '.join(cli_only)} ({why}).", ""]
         for p, r in cli.items():
             slowest = sorted((t or 0.0, name) for name, t in (r.get("check_seconds") or {}).items())[::-1][:4]
             if slowest:

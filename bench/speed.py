@@ -450,6 +450,7 @@ def run_speed(
     repeats = e2e_repeats or (1 if quick else 3)
     only = ["format", "static", "dynamic", "bf_oi"] if quick else None
     # Per profile, CLI then service, so a run cut off by a time limit still has both paths of the cheaper profiles.
+    results["e2e_paths"] = list(e2e_paths)
     results.setdefault("cli", [])
     results.setdefault("service", [])
     for p in profiles:

@@ -201,12 +201,22 @@ def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: 
     ]
     # a resumed run says which rows come from the earlier run and its commit
     speed.update(
-        resumed_stages=["matmul", "cli"], resumed_unix=1.8e9, resumed_from_revision="abc123", git_revision="def456"
+        resumed_stages=["matmul", "cli"],
+        resumed_unix=1.8e9,
+        resumed_from_revision="abc123",
+        git_revision="def456",
+        e2e_paths=["cli", "service"],
     )
     (results / "speed.json").write_text(json.dumps(speed))
     text = render(results)
     resumed = next(x for x in text.splitlines() if x.startswith("**Resumed run**"))
     assert "matmul, cli" in resumed and "`abc123`" in resumed and "2027-01-15" in resumed and "`def456`" in resumed
+    assert "| CLI `dgmscan scan` | full | all | 1700 | 1 | clean |" in text
+    # the copied service rows hold quick/standard only: a run that meant to measure it ended first...
+    assert "Not measured through the service: profile full (the run ended before it)" in text
+    # ...or the path was left out on purpose
+    (results / "speed.json").write_text(json.dumps({**speed, "e2e_paths": ["cli"]}))
+    assert "profile full (left out with `--e2e-paths cli`" in render(results)
     line = next(x for x in text.splitlines() if x.startswith("Slowest checks, CLI profile full"))
     # slowest first, with the scan's total for scale
     assert line.index("`calibration.controls` 1500 s") < line.index("`bf_oi.closest` 30.2 s") < line.index("of 1700 s")
