@@ -289,10 +289,12 @@ def _quoted_recond(rows: list[dict[str, Any]]) -> list[str]:
 
 def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> list[str]:
     m = s.get("machine", {})
+    # a resumed run started under an earlier commit: the heading names that one (the resumed line, the later)
+    first = {**s, "git_revision": s.get("resumed_from_revision") or s.get("git_revision")}
     lines = [title, ""]
     gpu = f" (`{m['gpu']}`)" if m.get("gpu") else ""
     lines += [
-        f"Measured {_when(s)} on `{m.get('cpu')}`, {m.get('logical_cores')} logical cores, torch {m.get('torch')} "
+        f"Measured {_when(first)} on `{m.get('cpu')}`, {m.get('logical_cores')} logical cores, torch {m.get('torch')} "
         f"({m.get('torch_threads')} threads), device `{m.get('device')}`{gpu}; model `{s.get('model')}` "
         f"({s.get('parameters')} parameters). Load average before/after: {m.get('load_average')} / "
         f"{s.get('machine_after', {}).get('load_average')} — absolute times depend on the machine's other work; "

@@ -211,6 +211,7 @@ def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: 
     text = render(results)
     resumed = next(x for x in text.splitlines() if x.startswith("**Resumed run**"))
     assert "matmul, cli" in resumed and "`abc123`" in resumed and "2027-01-15" in resumed and "`def456`" in resumed
+    assert "(code `abc123`, zoo recipe" in text  # the heading's date is the first run's, so is its commit
     assert "| CLI `dgmscan scan` | full | all | 1700 | 1 | clean |" in text
     # the copied service rows hold quick/standard only: a run that meant to measure it ended first...
     assert "Not measured through the service: profile full (the run ended before it)" in text
