@@ -38,7 +38,7 @@ cosine ≈ 0.98 to the attacker's trigger. In-sample and mode backdoors are not 
 **Not in any profile (opt-in by name):** the first rule judged the deficit against a tenth of the radius
 and scored base-8 DCGANs trained 12 epochs 11-18 — a false alarm on benign models. This rule has no false
 alarm on the benign models measured, but the ratio part grows with GAN training: DCGANs trained 50-100
-epochs score 4.5-5.4 (ratio 17-29, deficit ≤ 1.24), a margin of 1.1× under the line, while untrained
+epochs score 3.8-5.4 (ratio 13-29, deficit ≤ 1.24), a margin of 1.1× under the line, while untrained
 registry architectures score 0.1-1.6 and a VAE decoder's score falls with training (2.5 → 1.5 over 100
 epochs; .notes/no_hint_detection.md, "trained 50-100 epochs"). So the check is evidence a reviewer asks
 for (`--only ob_oi.far_gain`), not part of a default verdict, until its ratio discounts the far field's
