@@ -157,8 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         previous = None
         if args.resume and (RESULTS_DIR / f"{name}.json").is_file():
             previous = json.loads((RESULTS_DIR / f"{name}.json").read_text())
-            if not previous.get("partial") or previous.get("mode") != mode:
-                previous = None  # only a cut-off run of the same mode is resumed
+            if previous.get("mode") != mode:
+                previous = None  # only a run of the same mode is resumed (cut off, or extended by new e2e rows)
         if previous:
             stamp["started_unix"] = previous.get("started_unix", stamp["started_unix"])
             stamp["resumed_unix"] = time.time()
@@ -171,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             e2e_repeats=args.e2e_repeats,
             e2e_profiles=args.e2e_profiles,
             e2e_paths=tuple(args.e2e_paths),
+            service_timeout_s=args.service_timeout_s,
             on_progress=lambda partial: _write(name, {**stamp, "partial": True, **partial}),
             resume=previous,
         )
@@ -310,10 +311,18 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=("cli", "service"),
         default=["cli", "service"],
-        help="speed: end-to-end scans through the CLI and/or the service (its scan stops at 900 s)",
+        help="speed: end-to-end scans through the CLI and/or the service",
     )
     run.add_argument(
-        "--resume", action="store_true", help="speed: keep the finished stages of a cut-off (partial) results file"
+        "--service-timeout-s",
+        type=float,
+        default=3600.0,
+        help="speed: how long the service path waits for one scan (default 3600; a CPU full profile takes ~1750 s)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="speed: keep the finished stages and e2e rows of the last results file; measure only what it lacks",
     )
     run.add_argument("--parts", nargs="+", choices=PARTS, help=f"what to measure (default: all of {PARTS})")
     run.add_argument("--max-models", type=int, default=0, help="scan only the first N zoo models (0: all)")

@@ -364,27 +364,30 @@ def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> lis
                     ", ".join(r["only"]) if r.get("only") else "all",
                     _seconds(r["median_s"]),
                     len(r["times_s"]),
-                    r.get("verdict") or r.get("verdicts"),
+                    f"timed out (waited {_seconds(r['timeout_s'])} s)"
+                    if r.get("timed_out")
+                    else r.get("verdict") or r.get("verdicts"),
                 ]
             )
     if rows:
         lines += ["End to end (upload/process start to finished report; medians):", ""]
         lines += _table(["path", "profile", "checks", "median s", "runs", "verdict"], rows) + [""]
         cli = {r["profile"]: r for r in s.get("cli", []) if "median_s" in r}
-        svc = {r["profile"]: r for r in s.get("service", []) if "median_s" in r}
+        svc = {r["profile"]: r for r in s.get("service", []) if "median_s" in r and not r.get("timed_out")}
+        svc_timed_out = {r["profile"]: r for r in s.get("service", []) if r.get("timed_out")}
         lines += [
             "Single runs under a fluctuating load average (see above): the CLI/service comparison is indicative "
             "only; the CLI time includes interpreter and torch start-up, the service's worker was already warm.",
             "",
         ]
-        cli_only = [p for p in cli if p not in svc]
-        if cli_only:
-            why = (
-                "left out with `--e2e-paths cli`: the service path stops a scan at 900 s"
-                if "service" not in s.get("e2e_paths", ["service"])
-                else "the run ended before it"
-            )
-            lines += [f"Not measured through the service: profile {', '.join(cli_only)} ({why}).", ""]
+        for p in (p for p in cli if p not in svc):
+            if p in svc_timed_out:
+                why = f"the scan ran past the bench's {_seconds(svc_timed_out[p]['timeout_s'])} s wait"
+            elif "service" not in s.get("e2e_paths", ["service"]):
+                why = "left out with `--e2e-paths cli`"
+            else:
+                why = "the run ended before it"
+            lines += [f"Not measured through the service: profile {p} ({why}).", ""]
         for p, r in cli.items():
             slowest = sorted((t or 0.0, name) for name, t in (r.get("check_seconds") or {}).items())[::-1][:4]
             if slowest:

@@ -330,6 +330,7 @@ def service_scan(
                 return {"error": "service did not print its URL and key"}
             config = {"profile": profile, **({"only": only} if only else {})}
             times, statuses, verdicts = [], [], []
+            timed_out = False
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
                 while time.monotonic() < deadline:
                     try:
@@ -356,6 +357,7 @@ def service_scan(
                         time.sleep(0.25)
                     times.append(time.perf_counter() - t0)
                     statuses.append(scan.get("status"))
+                    timed_out = timed_out or scan.get("status") not in ("succeeded", "failed", "canceled")
                     verdicts.append(scan.get("verdict"))
             return {
                 "profile": profile,
@@ -366,6 +368,8 @@ def service_scan(
                 "verdicts": verdicts,
                 "worker_device": device,
                 "poll_interval_s": 0.25,
+                "timeout_s": timeout_s,
+                "timed_out": timed_out,
             }
         finally:
             proc.terminate()
@@ -384,6 +388,7 @@ def run_speed(
     e2e_repeats: int | None = None,
     e2e_profiles: list[str] | None = None,
     e2e_paths: tuple[str, ...] = ("cli", "service"),
+    service_timeout_s: float,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -392,7 +397,8 @@ def run_speed(
     `on_progress(results)` is called after every stage, so a run cut off by a time limit (a lent GPU's
     lease) still leaves the stages it finished on disk; `resume` (such a partial result) keeps its
     finished stages and measures only the rest (listed in `resumed_stages`). `e2e_paths` chooses the
-    end-to-end scans (CLI and/or service): the service path stops at 900 s, less than a CPU full profile.
+    end-to-end scans (CLI and/or service); the service path stops waiting for a scan after `service_timeout_s`
+    (recorded in its row, with `timed_out`).
     """
     from scanner.formats.safetensors_io import save_safetensors
 
@@ -450,7 +456,8 @@ def run_speed(
     repeats = e2e_repeats or (1 if quick else 3)
     only = ["format", "static", "dynamic", "bf_oi"] if quick else None
     # Per profile, CLI then service, so a run cut off by a time limit still has both paths of the cheaper profiles.
-    results["e2e_paths"] = list(e2e_paths)
+    # a resumed run keeps the paths its earlier part measured
+    results["e2e_paths"] = sorted(set(e2e_paths) | set(results.get("e2e_paths", [])))
     results.setdefault("cli", [])
     results.setdefault("service", [])
     for p in profiles:
@@ -467,7 +474,13 @@ def run_speed(
             results["service"] = [r for r in results["service"] if r.get("profile") != p]
             results["service"].append(
                 service_scan(
-                    model_path, target_png, profile=p, only=only, repeats=repeats, timeout_s=900, device=device
+                    model_path,
+                    target_png,
+                    profile=p,
+                    only=only,
+                    repeats=repeats,
+                    timeout_s=service_timeout_s,
+                    device=device,
                 )
             )
             log.info("speed: service %s", results["service"][-1])

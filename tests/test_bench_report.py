@@ -218,6 +218,14 @@ def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: 
     # ...or the path was left out on purpose
     (results / "speed.json").write_text(json.dumps({**speed, "e2e_paths": ["cli"]}))
     assert "profile full (left out with `--e2e-paths cli`" in render(results)
+    # ...or the scan ran past the bench's wait: said so, and never compared with the CLI
+    timed_out = {"profile": "full", "only": None, "median_s": 900.0, "times_s": [900.0], "statuses": ["running"]}
+    timed_out |= {"verdicts": [None], "timeout_s": 900.0, "timed_out": True}
+    (results / "speed.json").write_text(json.dumps({**speed, "service": [*speed["service"], timed_out]}))
+    text_timed_out = render(results)
+    assert "| service (`dgmscan serve`, HTTP) | full | all | 900 | 1 | timed out (waited 900 s) |" in text_timed_out
+    assert "profile full (the scan ran past the bench's 900 s wait)" in text_timed_out
+    assert "Service overhead vs CLI, profile full" not in text_timed_out
     line = next(x for x in text.splitlines() if x.startswith("Slowest checks, CLI profile full"))
     # slowest first, with the scan's total for scale
     assert line.index("`calibration.controls` 1500 s") < line.index("`bf_oi.closest` 30.2 s") < line.index("of 1700 s")
