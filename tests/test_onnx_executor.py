@@ -522,3 +522,59 @@ def test_resize_coordinate_modes_match_onnxruntime(coord: str, nearest_mode: str
         (reference,) = _ort(model, {"x": x})
         got = build_executor(model)(torch.from_numpy(x)).numpy()
         assert np.abs(got - reference).max() <= ATOL, mode
+
+
+def _resize_model(
+    mode: str, coord: str, nearest_mode: str, x_shape: list[int], scales: list[float] | None, sizes: list[int] | None
+) -> onnx.ModelProto:
+    inputs = ["x", "", "scales"] if scales else ["x", "", "", "sizes"]
+    inits = [_init("scales", np.array(scales, np.float32))] if scales else [_init("sizes", np.array(sizes, np.int64))]
+    node = helper.make_node(
+        "Resize", inputs, ["y"], mode=mode, coordinate_transformation_mode=coord, nearest_mode=nearest_mode
+    )
+    graph = helper.make_graph([node], "g", [_vi("x", x_shape)], [_vi("y", None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+# What torch.onnx.export writes for nn.Upsample (nearest: asymmetric/floor; linear: half_pixel or
+# pytorch_half_pixel) and what other exporters write, at integer and fractional factors.
+RESIZE_CASES = [
+    ("nearest", "asymmetric", "floor", [1, 1, 2, 2], None, True),
+    ("nearest", "half_pixel", "round_prefer_floor", [1, 1, 3, 3], None, True),
+    ("nearest", "pytorch_half_pixel", "round_prefer_ceil", None, [2, 3, 10, 15], True),
+    ("nearest", "tf_half_pixel_for_nn", "ceil", [1, 1, 2, 2], None, False),  # not a k-fold repeat
+    ("nearest", "asymmetric", "floor", [1, 1, 1.5, 2], None, False),
+    ("linear", "half_pixel", "round_prefer_floor", [1, 1, 2, 2], None, True),
+    ("linear", "pytorch_half_pixel", "round_prefer_floor", [1, 1, 1.5, 0.6], None, True),
+    ("linear", "align_corners", "round_prefer_floor", None, [2, 3, 9, 4], True),
+    ("linear", "asymmetric", "round_prefer_floor", [1, 1, 2, 2], None, False),
+]
+
+
+@pytest.mark.parametrize(("mode", "coord", "nearest_mode", "scales", "sizes", "fast"), RESIZE_CASES)
+def test_resize_fast_path_matches_onnxruntime_and_the_gather_path(
+    mode: str, coord: str, nearest_mode: str, scales: list[float] | None, sizes: list[int] | None, fast: bool
+) -> None:
+    """The interpolate/broadcast fast path takes the common upsampling layers, gives onnxruntime's
+    values and the gather path's gradients, and leaves every other case to the gather path."""
+    from scanner.onnx.executor import _resize_by_index, _resize_fast
+
+    x = np.random.default_rng(6).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    model = _resize_model(mode, coord, nearest_mode, [2, 3, 5, 5], scales, sizes)
+    (reference,) = _ort(model, {"x": x})
+    xt = torch.from_numpy(x).requires_grad_(True)
+    got = build_executor(model)(xt)
+    assert got.shape == reference.shape and np.abs(got.detach().numpy() - reference).max() <= ATOL
+
+    out = list(reference.shape)
+    factors = [float(f) for f in scales] if scales else [o / i for o, i in zip(out, x.shape, strict=True)]
+    y_fast = _resize_fast(xt, out, factors, mode, coord, nearest_mode, sizes_given=bool(sizes), name="r")
+    assert (y_fast is not None) == fast
+    if y_fast is not None:
+        y_ref = _resize_by_index(xt, out, factors, mode, coord, nearest_mode, "r")
+        weights = torch.randn(out)
+        (g_fast,) = torch.autograd.grad((y_fast * weights).sum(), xt)
+        (g_ref,) = torch.autograd.grad((y_ref * weights).sum(), xt)
+        assert (y_fast - y_ref).abs().max() <= ATOL and (g_fast - g_ref).abs().max() <= ATOL

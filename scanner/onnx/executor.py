@@ -1272,23 +1272,89 @@ def _resize_impl(
         if abs(float(s.attrs.get("cubic_coeff_a", -0.75)) + 0.75) > 1e-6 or s.attrs.get("exclude_outside", 0):
             raise InvalidModelError(f"Resize {s.name!r}: only cubic_coeff_a=-0.75 without exclude_outside")
         return F.interpolate(x, size=out[2:], mode="bicubic", align_corners=coord_mode == "align_corners")
+    nearest_mode = s.attrs.get("nearest_mode", "round_prefer_floor")
+    fast = _resize_fast(x, out, factors, mode, coord_mode, nearest_mode, sizes_given=bool(sizes), name=s.name)
+    return fast if fast is not None else _resize_by_index(x, out, factors, mode, coord_mode, nearest_mode, s.name)
+
+
+def _resize_by_index(
+    x: torch.Tensor, out: list[int], factors: list[float], mode: str, coord_mode: str, nearest_mode: str, name: str
+) -> torch.Tensor:
+    """Resize by gathering along each axis: every mode and coordinate transformation the executor
+    supports, exactly as the ONNX reference computes it (coordinates in float64)."""
     y = x
-    for d in range(rank):
+    for d in range(x.dim()):
         if out[d] == x.shape[d] and factors[d] == 1.0:
             continue
-        coords = _source_coords(coord_mode, out[d], x.shape[d], factors[d], x.device, s.name)
+        coords = _source_coords(coord_mode, out[d], x.shape[d], factors[d], x.device, name)
         if mode == "nearest":
-            idx = _nearest_index(coords, s.attrs.get("nearest_mode", "round_prefer_floor"), x.shape[d])
-            y = y.index_select(d, idx)
+            y = y.index_select(d, _nearest_index(coords, nearest_mode, x.shape[d]))
         elif mode == "linear":
             coords = coords.clamp(0, x.shape[d] - 1)
             lo = torch.floor(coords).long()
             hi = (lo + 1).clamp(max=x.shape[d] - 1)
-            w = (coords - lo).to(y.dtype).reshape([-1 if i == d else 1 for i in range(rank)])
+            w = (coords - lo).to(y.dtype).reshape([-1 if i == d else 1 for i in range(x.dim())])
             y = y.index_select(d, lo) * (1 - w) + y.index_select(d, hi) * w
         else:
-            raise InvalidModelError(f"Resize {s.name!r}: mode {mode!r} is not supported")
+            raise InvalidModelError(f"Resize {name!r}: mode {mode!r} is not supported")
     return y
+
+
+_TORCH_LINEAR = {3: "linear", 4: "bilinear", 5: "trilinear"}
+
+
+def _resize_fast(
+    x: torch.Tensor,
+    out: list[int],
+    factors: list[float],
+    mode: str,
+    coord_mode: str,
+    nearest_mode: str,
+    *,
+    sizes_given: bool,
+    name: str,
+) -> torch.Tensor | None:
+    """The common upsampling layers without per-axis gathers (2-3× faster on a CPU; a generator's
+    Resize can be most of its forward time), or None where `_resize_by_index` must do it.
+
+    Nearest: when every resized axis repeats each input element k times (an integer upscale under
+    any coordinate mode that maps output i·k + r to input i), one broadcast copy does it, exactly.
+    Linear: half_pixel / pytorch_half_pixel (outputs longer than 1) and align_corners are torch's
+    interpolate with align_corners False / True on the spatial axes (batch and channels unchanged);
+    torch computes the coordinates in float32, a difference of ~1e-7 relative."""
+    rank = x.dim()
+    resized = [d for d in range(rank) if out[d] != x.shape[d] or factors[d] != 1.0]
+    if not resized or any(x.shape[d] == 0 for d in resized):
+        return None
+    if mode == "nearest":
+        repeats = [1] * rank
+        for d in resized:
+            k, rem = divmod(out[d], x.shape[d])
+            coords = _source_coords(coord_mode, out[d], x.shape[d], factors[d], x.device, name)
+            expected = torch.arange(x.shape[d], device=x.device).repeat_interleave(k) if k and not rem else None
+            if expected is None or not torch.equal(_nearest_index(coords, nearest_mode, x.shape[d]), expected):
+                return None
+            repeats[d] = k
+        view = [v for n in x.shape for v in (n, 1)]
+        expanded = [n for pair in zip(x.shape, repeats, strict=True) for n in pair]
+        return x.reshape(view).expand(expanded).reshape(out)
+    half_pixel = coord_mode == "half_pixel" or (coord_mode == "pytorch_half_pixel" and min(out[2:]) > 1)
+    if (
+        mode != "linear"
+        or rank not in _TORCH_LINEAR
+        or min(resized) < 2
+        or not x.is_floating_point()
+        or not (half_pixel or coord_mode == "align_corners")
+    ):
+        return None
+    align = coord_mode == "align_corners"
+    if sizes_given or align:
+        y = F.interpolate(x, size=out[2:], mode=_TORCH_LINEAR[rank], align_corners=align)
+    else:  # torch then maps coordinates with the given scales, as ONNX does, not with out / in
+        y = F.interpolate(
+            x, scale_factor=factors[2:], mode=_TORCH_LINEAR[rank], align_corners=False, recompute_scale_factor=False
+        )
+    return y if list(y.shape) == out else None
 
 
 @_op("Resize")
