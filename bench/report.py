@@ -397,12 +397,19 @@ def render_speed(s: dict[str, Any], title: str = "## 3. Speed and scale") -> lis
                     + f" (of {_seconds(r['median_s'])} s).",
                     "",
                 ]
-        for p in cli:
-            if p in svc:
+        for p in (p for p in cli if p in svc):
+            run_cli, run_svc = cli[p].get("run_started_unix"), svc[p].get("run_started_unix")
+            # a ratio needs both rows from one run; untagged rows (older files) are from one run unless resumed
+            if run_cli != run_svc or (run_cli is None and s.get("resumed_stages")):
                 lines += [
-                    f"Service overhead vs CLI, profile {p}: {_f(svc[p]['median_s'] / cli[p]['median_s'])}× "
-                    f"({_f(svc[p]['median_s'] - cli[p]['median_s'])} s incl. 0.25 s polling)."
+                    f"Service vs CLI, profile {p}: not compared, the two rows may come from different parts of "
+                    "a resumed run (another time and load)."
                 ]
+                continue
+            lines += [
+                f"Service overhead vs CLI, profile {p}: {_f(svc[p]['median_s'] / cli[p]['median_s'])}× "
+                f"({_f(svc[p]['median_s'] - cli[p]['median_s'])} s incl. 0.25 s polling)."
+            ]
         lines += [""]
     return lines
 

@@ -457,6 +457,9 @@ def run_speed(
     only = ["format", "static", "dynamic", "bf_oi"] if quick else None
     # Per profile, CLI then service, so a run cut off by a time limit still has both paths of the cheaper profiles.
     # a resumed run keeps the paths its earlier part measured
+    # each end-to-end row names the run that measured it: a resumed file may mix runs, and a service/CLI
+    # ratio is only quoted for rows measured side by side
+    run_started = time.time()
     results["e2e_paths"] = sorted(set(e2e_paths) | set(results.get("e2e_paths", [])))
     results.setdefault("cli", [])
     results.setdefault("service", [])
@@ -467,6 +470,7 @@ def run_speed(
             results["cli"] = [r for r in results["cli"] if r.get("profile") != p]
             results["cli"].append(
                 cli_scan(model_path, target_png, profile=p, device=device, only=only, repeats=repeats)
+                | {"run_started_unix": run_started}
             )
             log.info("speed: cli %s", results["cli"][-1])
             stage_done()
@@ -482,6 +486,7 @@ def run_speed(
                     timeout_s=service_timeout_s,
                     device=device,
                 )
+                | {"run_started_unix": run_started}
             )
             log.info("speed: service %s", results["service"][-1])
             stage_done()

@@ -229,3 +229,25 @@ def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: 
     line = next(x for x in text.splitlines() if x.startswith("Slowest checks, CLI profile full"))
     # slowest first, with the scan's total for scale
     assert line.index("`calibration.controls` 1500 s") < line.index("`bf_oi.closest` 30.2 s") < line.index("of 1700 s")
+
+
+def test_service_and_cli_times_are_compared_only_when_measured_in_one_run(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    speed = json.loads((RESULTS_DIR / "speed.json").read_text())
+
+    def row(profile: str, seconds: float, run: float | None) -> dict[str, Any]:
+        r = {"profile": profile, "only": None, "median_s": seconds, "times_s": [seconds], "verdict": "clean"}
+        return r | ({"run_started_unix": run} if run else {})
+
+    speed["cli"] = [row("quick", 60.0, 1.0), row("standard", 150.0, 1.0), row("full", 1700.0, None)]
+    speed["service"] = [row("quick", 30.0, 1.0), row("standard", 300.0, 2.0), row("full", 3000.0, None)]
+    speed.update(resumed_stages=["cli", "service"], resumed_unix=1.8e9, e2e_paths=["cli", "service"])
+    (results / "speed.json").write_text(json.dumps(speed))
+    text = render(results)
+    assert "Service overhead vs CLI, profile quick: 0.500×" in text  # one run: side by side
+    assert "Service vs CLI, profile standard: not compared" in text  # two parts of a resumed run
+    assert "Service vs CLI, profile full: not compared" in text  # untagged rows of a resumed file: unknown
+    speed.pop("resumed_stages")
+    (results / "speed.json").write_text(json.dumps(speed))
+    assert "Service overhead vs CLI, profile full: 1.76×" in render(results)  # an older, unresumed file
