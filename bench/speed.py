@@ -456,11 +456,11 @@ def run_speed(
     repeats = e2e_repeats or (1 if quick else 3)
     only = ["format", "static", "dynamic", "bf_oi"] if quick else None
     # Per profile, CLI then service, so a run cut off by a time limit still has both paths of the cheaper profiles.
-    # a resumed run keeps the paths its earlier part measured
+    # a resumed run also names the paths its earlier part measured
+    results["e2e_paths"] = sorted(set(e2e_paths) | set((resume or {}).get("e2e_paths", []) if kept else []))
     # each end-to-end row names the run that measured it: a resumed file may mix runs, and a service/CLI
     # ratio is only quoted for rows measured side by side
     run_started = time.time()
-    results["e2e_paths"] = sorted(set(e2e_paths) | set(results.get("e2e_paths", [])))
     results.setdefault("cli", [])
     results.setdefault("service", [])
     for p in profiles:

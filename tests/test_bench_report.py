@@ -199,6 +199,8 @@ def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: 
             "check_seconds": seconds,
         },
     ]
+    # the service path has quick/standard rows only (whatever the committed results file holds)
+    speed["service"] = [r for r in speed["service"] if r.get("profile") != "full"]
     # a resumed run says which rows come from the earlier run and its commit
     speed.update(
         resumed_stages=["matmul", "cli"],
@@ -251,3 +253,32 @@ def test_service_and_cli_times_are_compared_only_when_measured_in_one_run(tmp_pa
     speed.pop("resumed_stages")
     (results / "speed.json").write_text(json.dumps(speed))
     assert "Service overhead vs CLI, profile full: 1.76×" in render(results)  # an older, unresumed file
+
+
+def test_a_resumed_speed_run_keeps_what_it_has_and_names_every_path_measured(tmp_path: Path) -> None:
+    """`--resume` on a finished file measures only the missing e2e rows (none here: nothing runs) and
+    keeps the earlier part's stages, rows and paths, so the report can still say why a row is missing."""
+    from bench.speed import RESUMABLE_STAGES, run_speed
+    from bench.zoo import ZooEntry
+    from scanner.architectures import build
+
+    entry = ZooEntry(name="tiny", family="dcgan", attack="benign", seed=0, generator=build("dcgan28", {"base": 8}))
+    earlier_cli = {"profile": "full", "only": None, "median_s": 10.0, "times_s": [10.0], "run_started_unix": 1.0}
+    earlier_svc = {**earlier_cli, "median_s": 12.0}
+    previous = {k: {"kept": k} for k in RESUMABLE_STAGES if k not in ("cli", "service")}
+    previous |= {"model": "tiny", "machine": {"cpu": "earlier"}, "e2e_paths": ["cli"], "cli": [earlier_cli]}
+    previous |= {"service": [earlier_svc]}
+    res = run_speed(
+        entry,
+        device="cpu",
+        quick=True,
+        out_dir=tmp_path,
+        e2e_profiles=["full"],
+        e2e_paths=("service",),
+        service_timeout_s=1.0,
+        resume=previous,
+    )
+    assert res["e2e_paths"] == ["cli", "service"]
+    assert res["cli"] == [earlier_cli] and res["service"] == [earlier_svc]
+    assert res["machine"] == {"cpu": "earlier"} and res["matmul"] == {"kept": "matmul"}
+    assert set(res["resumed_stages"]) == set(RESUMABLE_STAGES)
