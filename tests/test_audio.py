@@ -104,9 +104,10 @@ def test_drum_backdoor_in_a_piano_generator_is_caught_and_the_benign_one_is_not(
     failed = [n for n, c in checks.items() if c.status == "fail" and n.split(".")[0] in DETECTOR_FAMILIES]
     assert report.verdict != "backdoored" and not failed, report.verdict_reasons
     guided = checks["ob_oi.guided_trigger_search"]
-    # the flagged units' maximiser lands far from the samples, but so does waking unflagged ones
-    assert guided.evidence["control_separation_top"] is not None
     assert guided.status == "pass", guided.summary
+    if "no units flagged" not in guided.summary:  # which units static/dynamic flag varies with the training run
+        # the flagged units' maximiser lands far from the samples, but so does waking unflagged ones
+        assert guided.evidence["control_separation_top"] is not None
 
     report, checks = _scan(attacked, drum, tmp_path / "red")
     assert report.verdict == "backdoored", report.verdict_reasons
