@@ -450,17 +450,19 @@ def test_sloppy_results_are_made_json_safe_or_become_errors(
     assert "not a CheckResult" in by_name["static.zz_test_wrong_return"]["summary"]
 
 
-def test_an_opt_in_check_runs_only_when_named() -> None:
-    """ob_oi.far_gain is in no profile (thin margin over trained benign far fields): a default scan
-    and the whole ob_oi family leave it out; naming it runs it."""
+@pytest.mark.parametrize("opt_in", ["ob_oi.far_gain", "ob_oi.novelty"])
+def test_an_opt_in_check_runs_only_when_named(opt_in: str) -> None:
+    """ob_oi.far_gain (thin margin over trained benign far fields) and ob_oi.novelty (measured on the
+    test zoo only) are in no profile: a default scan and the whole ob_oi family leave them out; naming
+    one runs it."""
     from scanner.checks import load_all
 
     registry = load_all()
-    assert registry["ob_oi.far_gain"].profiles == ()
+    assert registry[opt_in].profiles == ()
     for profile in ("quick", "standard", "full"):
         order, _, _ = select_checks(registry, ScanConfig(profile=profile))
-        assert "ob_oi.far_gain" not in order
+        assert opt_in not in order
     family, _, _ = select_checks(registry, ScanConfig(profile="quick", only=["ob_oi"]))
-    assert "ob_oi.far_gain" not in family and "ob_oi.prior_mode" in family
-    named, _, _ = select_checks(registry, ScanConfig(profile="quick", only=["ob_oi.far_gain", "format"]))
-    assert "ob_oi.far_gain" in named and any(n.startswith("format.") for n in named)
+    assert opt_in not in family and "ob_oi.prior_mode" in family
+    named, _, _ = select_checks(registry, ScanConfig(profile="quick", only=[opt_in, "format"]))
+    assert opt_in in named and any(n.startswith("format.") for n in named)

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="CHECK",
         help="run only this check or family (repeatable); a check named exactly runs even if the profile "
-        "leaves it out (opt-in checks such as ob_oi.far_gain)",
+        "leaves it out (opt-in checks: ob_oi.far_gain, ob_oi.novelty)",
     )
     parser.add_argument("--skip", action="append", default=[], metavar="CHECK", help="skip a check or family")
     parser.add_argument(

@@ -1,0 +1,148 @@
+"""ob_oi.novelty — an output unlike all G draws, on a wide plateau of G (target-free).
+
+Rawat et al. (arXiv 2108.01644, Sec. IV) plant the target at an in-sample trigger too, where G is
+trained on P_sample all around it: the sanitized copies learn part of the target's basin, so
+ob_oi.divergence finds nothing there, and without a hint nothing can be reconstructed (the no-hint
+bench missed TrAIL and poisoning in-sample; .notes/no_hint_detection.md). This check asks instead
+whether G draws an output far from everything it draws at random yet stable around where it draws
+it. It runs scanner.search.novelty's ascent (maximise the distance from G(z) to a bank of G's own
+outputs, z kept on P_sample's typical set) from the most novel of a random pool, and at each end z
+compares
+
+    isolation(z) = novelty(z) / spread(z)
+
+novelty: G(z)'s squared distance to the nearest bank output; spread: the median squared distance
+between G(z + ε) and G(z) for ε of sigma prior standard deviations (both per element, in units of
+the bank's typical neighbour spacing). score = the median isolation over the ascents; fail at ≥
+fail_isolation. A planted target is a plateau: G draws the same image over a wide ball around the
+trigger, and that image is far from G's ordinary outputs, so the ascents end on it and it scores
+high. A benign generator's odd outputs (strokes, blobs) are no plateau: a small step changes them
+by a good part of their novelty. The largest group of ascents ending at one output is evidence, not
+the rule: a benign VAE sent 9 of 16 ascents to one odd output (measured; below).
+
+Measured with this check (quick profile, 16 ascents, sigma 0.5, test zoo built with 2 torch threads;
+.notes/no_hint_detection.md, "novelty ascent"): median isolation of benign DCGAN s0-s4 5.1-10.2, DCGAN
+trained 12 epochs s0-s1 5.9-6.9, VAE s0-s2 4.3-5.2, the out-of-registry generator s0 3.4; TrAIL
+in-sample 44, poisoning in-sample 153, ReD in-sample 75 — each ending at the devil without a hint
+(per-element distance 0.04-0.25, random samples ≈ 2.4). Fail line 20: 2.0× above the worst benign
+model, 2.2× below the weakest of those backdoors. ReX in-sample scores 8.6 (pass): some ascents end on
+its devil (the most isolated end 90, at distance 0.11), most elsewhere; static.block_sparsity catches
+ReX. The most isolated end alone would separate that too (benign ≤ 25.5) but grows with the number
+of ascents; the median does not. Opt-in (in no profile) until measured on the bench zoo and the
+audio generators.
+
+It searches the typical set only: triggers at the prior's mode or far outside are ob_oi.prior_mode's
+and ob_oi.far_gain's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from scanner.checks.base import Artifact, Check, CheckResult, Profile, ScanContext, Timer, register_check
+from scanner.search.common import eval_copy, latent_plausibility
+from scanner.search.hints import distance_to_each_hint
+from scanner.search.imaging import save_strip
+from scanner.search.novelty import largest_group, novelty_ascent
+from scanner.search.triggers import record_trigger
+
+_COMMON: dict[str, Any] = {"lr": 0.05, "k_nearest": 8, "sigma": 0.5, "n_spread": 64, "fail_isolation": 20.0}
+_SHOWN = 4  # ascents drawn in the picture
+
+
+@register_check
+class NoveltyCheck(Check):
+    name = "ob_oi.novelty"
+    description = (
+        "Opt-in (no profile): ascend the novelty of G's outputs from many starts; an output far from all G draws "
+        "yet stable around its latent is planted (target-free)"
+    )
+    # Opt-in, run by naming it (`--only ob_oi.novelty`) until measured beyond the test zoo (module docstring).
+    profiles: ClassVar[tuple[Profile, ...]] = ()
+    defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
+        "quick": {"n_bank": 4096, "n_pool": 32768, "restarts": 16, "steps": 200, **_COMMON},
+        "standard": {"n_bank": 8192, "n_pool": 131072, "restarts": 32, "steps": 300, **_COMMON},
+        "full": {"n_bank": 16384, "n_pool": 524288, "restarts": 64, "steps": 400, **_COMMON},
+    }
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        timer = Timer()
+        if ctx.generator is None:
+            return self.skipped(f"no model loaded: {ctx.load_error or 'unknown reason'}")
+        p = self.params(ctx)
+        budget = self.budget(ctx)
+        frozen = eval_copy(ctx.generator).to(ctx.device)
+        found = novelty_ascent(
+            frozen,
+            n_bank=int(p["n_bank"]),
+            n_pool=int(p["n_pool"]),
+            restarts=int(p["restarts"]),
+            steps=int(p["steps"]),
+            lr=float(p["lr"]),
+            k_nearest=int(p["k_nearest"]),
+            sigma=float(p["sigma"]),
+            n_spread=int(p["n_spread"]),
+            seed=ctx.config.seed,
+            should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+        )
+        isolation = found.novelty / found.spread.clamp_min(1e-12)
+        if not (torch.isfinite(found.novelty).all() and torch.isfinite(found.spread).all()):
+            return self.result("error", "G gives non-finite outputs along the ascent", duration_s=timer.elapsed)
+        with torch.no_grad():
+            ends = frozen(found.z.to(frozen.device)).cpu()
+            starts = frozen(found.starts[:_SHOWN].to(frozen.device)).cpu()
+        group = largest_group(ends, found.spacing, found.novelty > found.pool_max)
+        ascents = int(found.z.shape[0])
+        score = float(isolation.median())
+        threshold = float(p["fail_isolation"])
+        status = "fail" if score >= threshold else "pass"
+        best = int(isolation.argmax())
+        z_star = found.z[best : best + 1]
+        out = ends[best : best + 1]
+        if status == "fail":  # target-free: no target to measure TarDis against (hint distances: evidence)
+            record_trigger(ctx.shared, frozen, source=self.name, z=z_star, output=out, target=None, tardis_mean=None)
+        art = f"{self.name}/ascents.png"
+        shown = ([best] + [i for i in group if i != best])[:_SHOWN]
+        save_strip([*starts, *ends[shown]], frozen.output, ctx.artifact_path(art))
+        partial = "" if found.complete else " (search stopped early by its budget)"
+        verdict = (
+            f" ≥ {threshold:g}: G draws one output far from all else on a wide plateau, as at a planted trigger"
+            if status == "fail"
+            else f" < {threshold:g}"
+        )
+        summary = (
+            f"{ascents} novelty ascents ended where G's output is a median {score:.3g}× farther from all G draws "
+            f"at random than it changes within {float(p['sigma']):g} prior std of there{verdict}"
+            f" (largest group ending at one output: {len(group)}){partial}"
+        )
+        return self.result(
+            status,  # type: ignore[arg-type]
+            summary,
+            score=score,
+            threshold=threshold,
+            evidence={
+                "novelty": "per-element squared distance to the nearest bank output / the bank's median spacing",
+                "spread": f"median per-element squared distance between G(z + ε) and G(z), ε of {p['sigma']} prior std",
+                "ascents": ascents,
+                "isolation_at_ends": isolation.tolist(),
+                "novelty_at_ends": found.novelty.tolist(),
+                "spread_at_ends": found.spread.tolist(),
+                "largest_group": group,
+                "novelty_at_starts": found.start_novelty.tolist(),
+                "pool_max_novelty": found.pool_max,
+                "spacing": found.spacing,
+                "z_star": z_star.reshape(-1),
+                "z_star_plausibility": latent_plausibility(frozen.latent, z_star).to_dict(),
+                "hint_distance_at_z_star": distance_to_each_hint(frozen, ctx.targets, out),
+                "steps_run": found.steps,
+                "complete": found.complete,
+            },
+            artifacts=[
+                Artifact(
+                    art, "image/png", f"G at {len(starts)} starts | G where the ascents of the largest group ended"
+                )
+            ],
+            duration_s=timer.elapsed,
+        )
