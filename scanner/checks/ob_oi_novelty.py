@@ -28,8 +28,12 @@ in-sample 44, poisoning in-sample 153, ReD in-sample 75 — each ending at the d
 model, 2.2× below the weakest of those backdoors. ReX in-sample scores 8.6 (pass): some ascents end on
 its devil (the most isolated end 90, at distance 0.11), most elsewhere; static.block_sparsity catches
 ReX. The most isolated end alone would separate that too (benign ≤ 25.5) but grows with the number
-of ascents; the median does not. Opt-in (in no profile) until measured on the bench zoo and the
-audio generators.
+of ascents; the median does not.
+
+Not valid on audio yet: the test zoo's benign WaveGAN (16384-sample piano clips) scored 157 — its
+ascents end at outputs ~1000× the spacing from every bank clip on which G hardly moves — and the same
+model with a drum hit planted by ReD in-sample 3.8. Opt-in (in no profile) until that is understood
+and the check is measured on the bench zoo.
 
 It searches the typical set only: triggers at the prior's mode or far outside are ob_oi.prior_mode's
 and ob_oi.far_gain's.
