@@ -9,17 +9,58 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from scanner.checks.base import CheckResult, ScanConfig, ScanContext
 from scanner.checks.ob_oi_novelty import NoveltyCheck
 from scanner.generator import Generator
-from scanner.search.novelty import largest_group
+from scanner.search.common import eval_copy
+from scanner.search.novelty import largest_group, novelty_ascent
+from scanner.specs import LatentSpec, OutputSpec
 from tests.foreign_models import train_foreign_generator
 
 
-def _scan(model: Generator, tmp_path: Path) -> tuple[CheckResult, dict]:
-    ctx = ScanContext(model, [], ScanConfig(profile="quick", seed=0), tmp_path)
+def _scan(model: Generator, tmp_path: Path, budget_s: float | None = None) -> tuple[CheckResult, dict]:
+    budgets = {} if budget_s is None else {"ob_oi.novelty": budget_s}
+    config = ScanConfig(profile="quick", seed=0, budgets=budgets)
+    ctx = ScanContext(model, [], config, tmp_path)
     return NoveltyCheck().run(ctx), ctx.shared
+
+
+def test_ascent_stays_on_the_typical_shell_of_a_uniform_prior() -> None:
+    """A box's corners are as atypical as a far normal sample: the ascent keeps each z at its start's
+    distance from the box's centre, inside the box (the test zoo's WaveGAN ran to the corners before)."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(), nn.Unflatten(1, (1, 4, 4)))
+    latent = LatentSpec(shape=(16,), distribution="uniform", low=-1.0, high=1.0)
+    g = eval_copy(
+        Generator(body, latent, OutputSpec(shape=(1, 4, 4), value_range=(-1.0, 1.0), final_activation="tanh"))
+    )
+    found = novelty_ascent(
+        g, n_bank=256, n_pool=1024, restarts=8, steps=100, lr=0.05, k_nearest=4, sigma=0.5, n_spread=16, seed=0
+    )
+    assert found.complete and found.steps == 100
+    assert found.z.abs().max() <= 1.0
+    start_norms, end_norms = found.starts.norm(dim=1), found.z.norm(dim=1)
+    assert torch.allclose(end_norms, start_norms, rtol=0.1), (start_norms, end_norms)
+    assert float((found.z.abs() > 0.99).float().mean()) < 0.5  # not pinned to the box's faces
+    assert not torch.equal(found.z, found.starts)  # it moved
+
+
+def test_budget_stops_the_search_and_says_so(zoo, tmp_path: Path) -> None:
+    result, _ = _scan(zoo.benign_dcgan(0), tmp_path, budget_s=0.0)
+    assert result.evidence["complete"] is False and result.evidence["steps_run"] == 0
+    assert "stopped early" in result.summary
+
+
+def test_the_scanned_model_is_left_untouched(zoo, tmp_path: Path) -> None:
+    model = zoo.benign_dcgan(0)
+    before = {k: v.clone() for k, v in model.body.state_dict().items()}
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    mode = model.training
+    _scan(model, tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in model.body.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == requires_grad and model.training == mode
 
 
 def test_largest_group_counts_only_eligible_outputs_within_the_spacing() -> None:

@@ -30,10 +30,12 @@ its devil (the most isolated end 90, at distance 0.11), most elsewhere; static.b
 ReX. The most isolated end alone would separate that too (benign ≤ 25.5) but grows with the number
 of ascents; the median does not.
 
-Not valid on audio yet: the test zoo's benign WaveGAN (16384-sample piano clips) scored 157 — its
-ascents end at outputs ~1000× the spacing from every bank clip on which G hardly moves — and the same
-model with a drum hit planted by ReD in-sample 3.8. Opt-in (in no profile) until that is understood
-and the check is measured on the bench zoo.
+Not valid on audio yet. The test zoo's benign WaveGAN (uniform prior, 16384-sample piano clips)
+first scored 157: its ascents ran to the box's corners, outside P_sample's typical set, where G
+draws loud clips it never draws from P_sample; with z kept on its start's shell (as for a normal
+prior) it scores 13.0 (pass, above every benign image model), and the same model with a drum hit
+planted by ReD in-sample 3.1 (pass: the ascents do not reach the trigger). Opt-in (in no profile)
+until audio is understood and the check is measured on the bench zoo.
 
 It searches the typical set only: triggers at the prior's mode or far outside are ob_oi.prior_mode's
 and ob_oi.far_gain's.

@@ -80,7 +80,12 @@ def novelty_ascent(
         )
     starts = pool[pool_novelty.topk(min(restarts, n_pool)).indices]
     z = starts.clone().requires_grad_(True)
-    norms = starts.flatten(1).norm(dim=1).reshape(-1, *[1] * (starts.dim() - 1))
+    # Each z keeps its start's distance from the prior's centre: P_sample's typical set is a thin shell
+    # around it for a normal and for a uniform box alike (a box's corners are as atypical as a far normal
+    # sample: the test zoo's WaveGAN, uniform prior, sent every ascent to a corner and drew loud clips
+    # there that it never draws from P_sample).
+    centre = 0.0 if latent.distribution == "normal" else (latent.low + latent.high) / 2
+    norms = (starts - centre).flatten(1).norm(dim=1).reshape(-1, *[1] * (starts.dim() - 1))
     opt = torch.optim.Adam([z], lr=lr)
     done = 0
     for _ in range(steps):
@@ -92,9 +97,9 @@ def novelty_ascent(
         loss.backward()
         opt.step()
         with torch.no_grad():
-            if latent.distribution == "normal":
-                z.mul_(norms / z.flatten(1).norm(dim=1).clamp_min(1e-12).reshape_as(norms))
-            else:
+            offset = z - centre
+            z.copy_(centre + offset * (norms / offset.flatten(1).norm(dim=1).clamp_min(1e-12).reshape_as(norms)))
+            if latent.distribution != "normal":
                 z.clamp_(latent.low, latent.high)
         done += 1
     z = z.detach()
