@@ -15,8 +15,10 @@ novelty(x) = the per-element squared distance from x to its nearest output in a 
 outputs at random latents, over the bank's own median nearest-neighbour distance (its typical
 spacing). The ascent maximises the log of the mean distance to the k nearest bank outputs
 (smoother than the nearest alone), from the most novel of a pool of random samples, keeping each z
-on its own norm (normal prior) or inside the box (uniform): it searches P_sample's typical set,
-where an in-sample trigger lies, not the far field (ob_oi.far_gain's job).
+at its start's distance from the prior's centre (and, for a uniform prior, inside the box): it
+searches P_sample's typical set, where an in-sample trigger lies, not the far field (ob_oi.far_gain's
+job). After the ascent, spread(z) = the median per-element squared distance between G(z + ε) and G(z)
+over fixed offsets ε of sigma prior standard deviations says how stable G is around each end.
 """
 
 from __future__ import annotations
