@@ -30,6 +30,10 @@ its devil (the most isolated end 90, at distance 0.11), most elsewhere; static.b
 ReX. The most isolated end alone would separate that too (benign ≤ 25.5) but grows with the number
 of ascents; the median does not.
 
+The bench's quick zoo (base-8 DCGANs trained 1 epoch): benign DCGAN s0-s4 10.8-15.4, VAE s0-s4
+3.5-4.0; TrAIL in-sample 41.0 and poisoning in-sample 66.8 (fail, z* at the devil); ReD in-sample
+15.2 (pass: 5 of 16 ascents reach its narrow basin). The benign margin there is 1.3×.
+
 Not valid on audio yet. The test zoo's benign WaveGAN (uniform prior, 16384-sample piano clips)
 first scored 157: its ascents ran to the box's corners, outside P_sample's typical set, where G
 draws loud clips it never draws from P_sample; with z kept on its start's shell (as for a normal
