@@ -188,6 +188,11 @@ class Check:
     def budget(self, ctx: ScanContext) -> float | None:
         return ctx.config.budgets.get(self.name)
 
+    def stopper(self, ctx: ScanContext, timer: Timer) -> Callable[[], bool]:
+        """The `should_stop` a search polls: the scan was cancelled or this check ran past its budget."""
+        budget = self.budget(ctx)
+        return lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget)
+
     def run(self, ctx: ScanContext) -> CheckResult:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -72,7 +72,6 @@ class ClosestNCheck(Check):
             raise ValueError("bf_oi.closest needs a loaded generator")
         p = self.params(ctx)
         timer = Timer()
-        budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator)
         targets = stack_targets(frozen, ctx.targets, frozen.device)
         refs = reference_queries(frozen, int(p["n_references"]), ctx.config.seed)
@@ -86,7 +85,7 @@ class ClosestNCheck(Check):
             block_start=int(shard["block_start"]),
             block_stop=int(shard["block_stop"]),
             top_k=int(p["top_k"]),
-            should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+            should_stop=self.stopper(ctx, timer),
         )
         return partial.to_dict()
 

@@ -45,7 +45,6 @@ class OutliersCheck(Check):
         if ctx.generator is None:
             return self.skipped(f"no generator: {ctx.load_error or 'model not loaded'}")
         p = self.params(ctx)
-        budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator)
         res = find_outliers(
             frozen,
@@ -56,7 +55,7 @@ class OutliersCheck(Check):
             z_threshold=float(p["z_threshold"]),
             duplicate_m=int(p["min_cluster"]),
             duplicate_ratio=float(p["duplicate_ratio"]),
-            should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+            should_stop=self.stopper(ctx, timer),
         )
         if not torch.isfinite(torch.tensor(res.median_nn)):
             return self.result("error", "generated samples are not finite; cannot measure their spacing")

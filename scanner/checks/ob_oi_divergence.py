@@ -63,7 +63,6 @@ class DivergenceCheck(SanitizedComparisonCheck):
     def compare(self, ctx: ScanContext, models: SanitizedCopies, timer: Timer) -> CheckResult:
         frozen, frozen_s, null = models.upload, models.copy, models.null
         p = self.params(ctx)
-        budget = self.budget(ctx)
 
         def search(generator: Generator, n_baseline: int) -> DivergenceResult:
             return divergence_search(
@@ -75,7 +74,7 @@ class DivergenceCheck(SanitizedComparisonCheck):
                 radius_factor=float(p["radius_factor"]),
                 seed=ctx.config.seed,
                 n_baseline=n_baseline,
-                should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+                should_stop=self.stopper(ctx, timer),
             )
 
         res = search(frozen, int(p["n_baseline"]))

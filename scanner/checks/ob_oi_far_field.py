@@ -75,7 +75,6 @@ class FarFieldCheck(SanitizedComparisonCheck):
     def compare(self, ctx: ScanContext, models: SanitizedCopies, timer: Timer) -> CheckResult:
         frozen, frozen_s, null = models.upload, models.copy, models.null
         p = self.params(ctx)
-        budget = self.budget(ctx)
         hints = stack_targets(frozen, ctx.targets, frozen.device)
         radii = [float(f) * math.sqrt(frozen.latent.dim) for f in p["radius_factors"]]
 
@@ -88,7 +87,7 @@ class FarFieldCheck(SanitizedComparisonCheck):
                 steps=int(p["steps"]),
                 lr=float(p["lr"]),
                 seed=ctx.config.seed,
-                should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+                should_stop=self.stopper(ctx, timer),
             )
 
         upload, reference = search(frozen), search(frozen_s)

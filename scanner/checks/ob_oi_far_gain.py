@@ -92,7 +92,6 @@ class FarGainCheck(Check):
         if ctx.generator is None:
             return self.skipped(f"no model loaded: {ctx.load_error or 'unknown reason'}")
         p = self.params(ctx)
-        budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator).to(ctx.device)
         factors = [float(f) for f in p["radius_factors"]]
         radii = [f * math.sqrt(frozen.latent.dim) for f in factors]
@@ -104,7 +103,7 @@ class FarGainCheck(Check):
             lr=float(p["lr"]),
             n_reference=int(p["n_reference"]),
             seed=ctx.config.seed,
-            should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+            should_stop=self.stopper(ctx, timer),
         )
         ratio = found.ratio
         if not torch.isfinite(ratio).all() or not torch.isfinite(found.reference_gain).all():

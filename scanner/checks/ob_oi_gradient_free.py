@@ -42,7 +42,6 @@ class GradientFreeCheck(Check):
         if not ctx.targets:
             return self.skipped("no target hints: ReconD needs a target")
         p = self.params(ctx)
-        budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator)
         probe = gradient_probe(frozen, seed=ctx.config.seed)
         upstream = ctx.results.get("dynamic.gradient_health")
@@ -60,8 +59,7 @@ class GradientFreeCheck(Check):
                 duration_s=timer.elapsed,
             )
 
-        def stop() -> bool:
-            return ctx.should_cancel() or (budget is not None and timer.elapsed > budget)
+        stop = self.stopper(ctx, timer)
 
         numel = frozen.output.numel
         per_hint: list[dict[str, Any]] = []

@@ -71,7 +71,6 @@ class GuidedTriggerSearchCheck(Check):
         if not units:
             return self.result("pass", "no units flagged by static/dynamic inspection: nothing to guide the search")
         p = self.params(ctx)
-        budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator)
 
         def search(watched: dict[str, list[int]]) -> GuidedResult:
@@ -83,7 +82,7 @@ class GuidedTriggerSearchCheck(Check):
                 lr=float(p["lr"]),
                 radius_factor=float(p["radius_factor"]),
                 seed=ctx.config.seed,
-                should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+                should_stop=self.stopper(ctx, timer),
             )
 
         try:

@@ -58,7 +58,14 @@ from scanner.search.imaging import save_strip
 from scanner.search.novelty import largest_group, novelty_ascent
 from scanner.search.triggers import record_trigger
 
-_COMMON: dict[str, Any] = {"lr": 0.05, "k_nearest": 8, "sigma": 0.5, "n_spread": 64, "fail_isolation": 20.0}
+_COMMON: dict[str, Any] = {
+    "lr": 0.05,
+    "k_nearest": 8,
+    "sigma": 0.5,
+    "n_spread": 64,
+    "score_quantile": 0.5,
+    "fail_isolation": 20.0,
+}
 _SHOWN = 4  # ascents drawn in the picture
 
 
@@ -82,7 +89,6 @@ class NoveltyCheck(Check):
         if ctx.generator is None:
             return self.skipped(f"no model loaded: {ctx.load_error or 'unknown reason'}")
         p = self.params(ctx)
-        budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator).to(ctx.device)
         found = novelty_ascent(
             frozen,
@@ -95,17 +101,19 @@ class NoveltyCheck(Check):
             sigma=float(p["sigma"]),
             n_spread=int(p["n_spread"]),
             seed=ctx.config.seed,
-            should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+            should_stop=self.stopper(ctx, timer),
         )
         isolation = found.novelty / found.spread.clamp_min(1e-12)
         if not (torch.isfinite(found.novelty).all() and torch.isfinite(found.spread).all()):
             return self.result("error", "G gives non-finite outputs along the ascent", duration_s=timer.elapsed)
+        ends = found.outputs
         with torch.no_grad():
-            ends = frozen(found.z.to(frozen.device)).cpu()
             starts = frozen(found.starts[:_SHOWN].to(frozen.device)).cpu()
         group = largest_group(ends, found.spacing, found.novelty > found.pool_max)
         ascents = int(found.z.shape[0])
-        score = float(isolation.median())
+        # a low quantile, not the max: a planted plateau draws nearly every ascent (14-16 of 16 measured), a
+        # benign generator's odd outputs only some; the max would grow with the number of ascents
+        score = float(isolation.quantile(float(p["score_quantile"])))
         threshold = float(p["fail_isolation"])
         status = "fail" if score >= threshold else "pass"
         best = int(isolation.argmax())

@@ -71,7 +71,6 @@ class ReconstructionCheck(Check):
         if not ctx.targets:
             return self.result("pass", "not applicable: no target hints (target-free checks cover this case)")
         p = self.params(ctx)
-        budget = self.budget(ctx)
         frozen = eval_copy(ctx.generator)
         device = frozen.device
         hints = stack_targets(frozen, ctx.targets, device)
@@ -100,7 +99,7 @@ class ReconstructionCheck(Check):
             lr=float(p["lr"]),
             seed=ctx.config.seed,
             loss_space=p["loss_space"],
-            should_stop=lambda: ctx.should_cancel() or (budget is not None and timer.elapsed > budget),
+            should_stop=self.stopper(ctx, timer),
         )
         calibrated = _calibrated_threshold(ctx)
         closest = _closest_n_means(ctx)

@@ -41,6 +41,7 @@ _BLOCK = 1024
 class NoveltyResult:
     starts: torch.Tensor  # (restarts, *latent.shape) where each ascent began
     z: torch.Tensor  # (restarts, *latent.shape) where each ascent ended
+    outputs: torch.Tensor  # (restarts, *output.shape) G at z
     novelty: torch.Tensor  # (restarts,) novelty of G at z
     start_novelty: torch.Tensor  # (restarts,) novelty at the starts
     spread: torch.Tensor  # (restarts,) median novelty-unit distance of G within `sigma` of each end from G there
@@ -50,10 +51,15 @@ class NoveltyResult:
     complete: bool
 
 
+def _sq_distances(x: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """Per-element squared distances between the rows of x (n, D) and of bank (m, D): (n, m).
+    bank_sq: bank.pow(2).sum(1), computed once per bank."""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ bank.T + bank_sq).clamp_min(0) / x.shape[1]
+
+
 def _nearest(x: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int) -> torch.Tensor:
     """Per-element squared distances from each row of x (n, D) to its k nearest bank rows: (n, k)."""
-    d = (x.pow(2).sum(1, keepdim=True) - 2 * x @ bank.T + bank_sq).clamp_min(0) / x.shape[1]
-    return d.topk(k, dim=1, largest=False).values
+    return _sq_distances(x, bank, bank_sq).topk(k, dim=1, largest=False).values
 
 
 def novelty_ascent(
@@ -106,12 +112,14 @@ def novelty_ascent(
         done += 1
     z = z.detach()
     with torch.no_grad():
-        novelty = _nearest(_outputs(generator, z), bank, bank_sq, 1)[:, 0] / spacing
+        ends = _outputs(generator, z)
+        novelty = _nearest(ends, bank, bank_sq, 1)[:, 0] / spacing
         start_novelty = _nearest(_outputs(generator, starts), bank, bank_sq, 1)[:, 0] / spacing
         spread = _local_spread(generator, z, sigma * prior_scale(latent), n_spread, seed) / spacing
     return NoveltyResult(
         starts=starts.cpu(),
         z=z.cpu(),
+        outputs=ends.reshape(-1, *generator.output.shape).cpu(),
         novelty=novelty.cpu(),
         start_novelty=start_novelty.cpu(),
         spread=spread.cpu(),
@@ -142,12 +150,16 @@ def prior_scale(latent: LatentSpec) -> float:
 
 def _local_spread(generator: Generator, z: torch.Tensor, radius: float, n: int, seed: int) -> torch.Tensor:
     """For each row of z: the median over n fixed offsets ε ~ N(0, radius² I) of the per-element squared
-    distance between G(z + ε) and G(z)."""
+    distance between G(z + ε) and G(z) (z + ε clamped into a uniform prior's box)."""
+    latent = generator.latent
     offsets = sample_block(LatentSpec(shape=tuple(z.shape[1:])), n, seed, 2, z.device, NOVELTY_STREAM) * radius
     spreads = []
     for row in z:
         centre = _outputs(generator, row[None])
-        moved = _outputs(generator, row[None] + offsets)
+        neighbours = row[None] + offsets
+        if latent.distribution != "normal":  # G is only defined on P_sample's box
+            neighbours = neighbours.clamp(latent.low, latent.high)
+        moved = _outputs(generator, neighbours)
         spreads.append((moved - centre).pow(2).mean(1).median())
     return torch.stack(spreads)
 
@@ -161,7 +173,7 @@ def _median_spacing(bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
     nearest = []
     for start in range(0, bank.shape[0], _BLOCK):
         block = bank[start : start + _BLOCK]
-        d = (block.pow(2).sum(1, keepdim=True) - 2 * block @ bank.T + bank_sq).clamp_min(0) / bank.shape[1]
+        d = _sq_distances(block, bank, bank_sq)
         d[torch.arange(block.shape[0]), torch.arange(start, start + block.shape[0])] = float("inf")
         nearest.append(d.min(1).values)
     return torch.cat(nearest).median().clamp_min(1e-12)
