@@ -47,6 +47,19 @@ def test_ascent_stays_on_the_typical_shell_of_a_uniform_prior() -> None:
     assert not torch.equal(found.z, found.starts)  # it moved
 
 
+def test_audio_outputs_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    """Measured on the test zoo's piano WaveGAN: benign 40.6, with a drum planted 44.9 — no separation,
+    so the check declines audio instead of giving a verdict it cannot back (and searches nothing)."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Unflatten(1, (1, 64)))
+    latent = LatentSpec(shape=(16,), distribution="uniform", low=-1.0, high=1.0)
+    audio = Generator(body, latent, OutputSpec(kind="audio", shape=(1, 64), value_range=(-1.0, 1.0)))
+    result, shared = _scan(audio, tmp_path)
+    assert result.status == "skipped", result.summary
+    assert "not valid on audio outputs" in result.summary
+    assert not shared.get("recovered_triggers") and not (tmp_path / "ob_oi.novelty").exists()
+
+
 def test_budget_stops_the_search_and_says_so(zoo, tmp_path: Path) -> None:
     result, _ = _scan(zoo.benign_dcgan(0), tmp_path, budget_s=0.0)
     assert result.evidence["complete"] is False and result.evidence["steps_run"] == 0

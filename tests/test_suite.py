@@ -452,9 +452,9 @@ def test_sloppy_results_are_made_json_safe_or_become_errors(
 
 @pytest.mark.parametrize("opt_in", ["ob_oi.far_gain", "ob_oi.novelty"])
 def test_an_opt_in_check_runs_only_when_named(opt_in: str) -> None:
-    """ob_oi.far_gain (thin margin over trained benign far fields) and ob_oi.novelty (measured on the
-    test zoo only) are in no profile: a default scan and the whole ob_oi family leave them out; naming
-    one runs it."""
+    """ob_oi.far_gain (thin margin over trained benign far fields) and ob_oi.novelty (image outputs only,
+    sanitized copies not yet measured with it) are in no profile: a default scan and the whole ob_oi family
+    leave them out; naming one runs it."""
     from scanner.checks import load_all
 
     registry = load_all()

@@ -13,33 +13,35 @@ compares
 
 novelty: G(z)'s squared distance to the nearest bank output; spread: the median squared distance
 between G(z + ε) and G(z) for ε of sigma prior standard deviations (both per element, in units of
-the bank's typical neighbour spacing). score = the median isolation over the ascents; fail at ≥
-fail_isolation. A planted target is a plateau: G draws the same image over a wide ball around the
-trigger, and that image is far from G's ordinary outputs, so the ascents end on it and it scores
-high. A benign generator's odd outputs (strokes, blobs) are no plateau: a small step changes them
-by a good part of their novelty. The largest group of ascents ending at one output is evidence, not
-the rule: a benign VAE sent 9 of 16 ascents to one odd output (measured; below).
+the bank's typical neighbour spacing). score = the median isolation over the ascents (score_quantile
+0.5); fail at ≥ fail_isolation. A planted target is a plateau: G draws the same image over a wide
+ball around the trigger, and that image is far from G's ordinary outputs, so the ascents end on it
+and it scores high. A benign generator's odd outputs (strokes, blobs) are no plateau: a small step
+changes them by a good part of their novelty. The largest group of ascents ending at one output is
+evidence, not the rule: a benign VAE sent 9 of 16 ascents to one odd output (measured, stop 22).
 
-Measured with this check (quick profile, 16 ascents, sigma 0.5, test zoo built with 2 torch threads;
-.notes/no_hint_detection.md, "novelty ascent"): median isolation of benign DCGAN s0-s4 5.1-10.2, DCGAN
-trained 12 epochs s0-s1 5.9-6.9, VAE s0-s2 4.3-5.2, the out-of-registry generator s0 3.4; TrAIL
-in-sample 44, poisoning in-sample 153, ReD in-sample 75 — each ending at the devil without a hint
-(per-element distance 0.04-0.25, random samples ≈ 2.4). Fail line 20: 2.0× above the worst benign
-model, 2.2× below the weakest of those backdoors. ReX in-sample scores 8.6 (pass): some ascents end on
-its devil (the most isolated end 90, at distance 0.11), most elsewhere; static.block_sparsity catches
-ReX. The most isolated end alone would separate that too (benign ≤ 25.5) but grows with the number
-of ascents; the median does not.
+Measured (quick: 16 ascents, sigma 0.5; .notes/no_hint_detection.md, "novelty ascent" and "stop 23").
+Test zoo (2 torch threads, as CI builds it): benign DCGAN s0-s4 5.2-11.1, DCGAN trained 12 epochs 7.1,
+VAE s0-s2 4.3-5.4, the out-of-registry generator 3.4; TrAIL in-sample 44.7, poisoning in-sample 158,
+ReD in-sample 78 — each ending at the devil without a hint (per-element distance 0.04-0.25, random
+samples ≈ 2.4; stop 22). ReX in-sample 8.6 (stop 22; pass: some ascents end on its devil, most elsewhere;
+static.block_sparsity catches ReX). The bench's quick zoo (base-8 DCGANs trained 1 epoch): benign
+DCGAN s0-s4 10.8-15.4, VAE s0-s2 3.5-4.0; TrAIL in-sample s0 / s1 41.0 / 42.7, poisoning in-sample
+s0 / s1 66.8 / 81.2; ReD in-sample 15.2 (pass: 5 of 16 ascents reach its narrow basin;
+ob_oi.divergence catches it). Fail line 25, the geometric middle of the worst benign model (15.4) and
+the weakest of those backdoors (41.0) over both zoos: 1.6× on each side. Tried and not better over
+both zoos together (worst benign vs weakest backdoor): offsets of 1 prior std (3.3×, against 2.7×
+here, but they leave the typical shell), the 0.25 quantile over 32 ascents (2.7×), a bank of 16384
+(2.8×, bench zoo only), the novelty of the neighbours instead of their spread (no separation: a briefly trained
+DCGAN's odd outputs sit in wide regions of odd outputs, but those regions vary).
 
-The bench's quick zoo (base-8 DCGANs trained 1 epoch): benign DCGAN s0-s4 10.8-15.4, VAE s0-s4
-3.5-4.0; TrAIL in-sample 41.0 and poisoning in-sample 66.8 (fail, z* at the devil); ReD in-sample
-15.2 (pass: 5 of 16 ascents reach its narrow basin). The benign margin there is 1.3×.
-
-Not valid on audio yet. The test zoo's benign WaveGAN (uniform prior, 16384-sample piano clips)
-first scored 157: its ascents ran to the box's corners, outside P_sample's typical set, where G
-draws loud clips it never draws from P_sample; with z kept on its start's shell (as for a normal
-prior) it scores 13.0 (pass, above every benign image model), and the same model with a drum hit
-planted by ReD in-sample 3.1 (pass: the ascents do not reach the trigger). Opt-in (in no profile)
-until audio is understood and the check is measured on the bench zoo.
+Image outputs only: a benign audio generator (the test zoo's piano WaveGAN, uniform prior) scores
+40.6 and the same model with a drum planted by ReD in-sample 44.9. Its ascents end at clips 117×
+the bank's spacing from all it draws at random, on in-box neighbourhoods as smooth as a planted
+target's (its 13.0 of stop 22 came from offsets that left the box, where G's extrapolation
+inflated the spread; they are clamped into the box now). The check skips other outputs and says
+why. Opt-in (in no profile) until the sanitized copies are measured with it (a sanitized model must
+scan clean) and the no-hint bench is rerun with it.
 
 It searches the typical set only: triggers at the prior's mode or far outside are ob_oi.prior_mode's
 and ob_oi.far_gain's.
@@ -58,14 +60,9 @@ from scanner.search.imaging import save_strip
 from scanner.search.novelty import largest_group, novelty_ascent
 from scanner.search.triggers import record_trigger
 
-_COMMON: dict[str, Any] = {
-    "lr": 0.05,
-    "k_nearest": 8,
-    "sigma": 0.5,
-    "n_spread": 64,
-    "score_quantile": 0.5,
-    "fail_isolation": 20.0,
-}
+# The search measured on both zoos (quick); standard and full only run more ascents of it.
+_SEARCH: dict[str, Any] = {"n_bank": 4096, "n_pool": 32768, "steps": 200, "lr": 0.05, "k_nearest": 8}
+_SCORE: dict[str, Any] = {"sigma": 0.5, "n_spread": 64, "score_quantile": 0.5, "fail_isolation": 25.0}
 _SHOWN = 4  # ascents drawn in the picture
 
 
@@ -79,15 +76,21 @@ class NoveltyCheck(Check):
     # Opt-in, run by naming it (`--only ob_oi.novelty`) until measured beyond the test zoo (module docstring).
     profiles: ClassVar[tuple[Profile, ...]] = ()
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
-        "quick": {"n_bank": 4096, "n_pool": 32768, "restarts": 16, "steps": 200, **_COMMON},
-        "standard": {"n_bank": 8192, "n_pool": 131072, "restarts": 32, "steps": 300, **_COMMON},
-        "full": {"n_bank": 16384, "n_pool": 524288, "restarts": 64, "steps": 400, **_COMMON},
+        "quick": {**_SEARCH, "restarts": 16, **_SCORE},
+        "standard": {**_SEARCH, "restarts": 32, **_SCORE},
+        "full": {**_SEARCH, "restarts": 64, **_SCORE},
     }
 
     def run(self, ctx: ScanContext) -> CheckResult:
         timer = Timer()
         if ctx.generator is None:
             return self.skipped(f"no model loaded: {ctx.load_error or 'unknown reason'}")
+        if ctx.generator.output.kind != "image":
+            # measured: a benign piano WaveGAN scores 40.6 and the same model with a drum planted 44.9
+            return self.skipped(
+                f"not valid on {ctx.generator.output.kind} outputs: a benign audio generator draws isolated "
+                "plateaus of its own (measured 40.6, a planted drum 44.9); image generators only"
+            )
         p = self.params(ctx)
         frozen = eval_copy(ctx.generator).to(ctx.device)
         found = novelty_ascent(
@@ -131,7 +134,8 @@ class NoveltyCheck(Check):
             else f" < {threshold:g}"
         )
         summary = (
-            f"{ascents} novelty ascents ended where G's output is a median {score:.3g}× farther from all G draws "
+            f"{ascents} novelty ascents ended where G's output is{_quantile_word(float(p['score_quantile']))}"
+            f" {score:.3g}× farther from all G draws "
             f"at random than it changes within {float(p['sigma']):g} prior std of there{verdict}"
             f" (largest group ending at one output: {len(group)}){partial}"
         )
@@ -164,3 +168,7 @@ class NoveltyCheck(Check):
             ],
             duration_s=timer.elapsed,
         )
+
+
+def _quantile_word(q: float) -> str:
+    return " a median" if q == 0.5 else f", at the {q:g} quantile over them,"
