@@ -70,10 +70,10 @@ _SHOWN = 4  # ascents drawn in the picture
 class NoveltyCheck(Check):
     name = "ob_oi.novelty"
     description = (
-        "Opt-in (no profile): ascend the novelty of G's outputs from many starts; an output far from all G draws "
-        "yet stable around its latent is planted (target-free)"
+        "Opt-in (no profile), image outputs: ascend the novelty of G's outputs from many starts; an output far "
+        "from all G draws yet stable around its latent is planted (target-free)"
     )
-    # Opt-in, run by naming it (`--only ob_oi.novelty`) until measured beyond the test zoo (module docstring).
+    # Opt-in, run by naming it (`--only ob_oi.novelty`), until sanitized copies are scanned with it (module docstring).
     profiles: ClassVar[tuple[Profile, ...]] = ()
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {**_SEARCH, "restarts": 16, **_SCORE},
