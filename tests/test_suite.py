@@ -450,14 +450,13 @@ def test_sloppy_results_are_made_json_safe_or_become_errors(
     assert "not a CheckResult" in by_name["static.zz_test_wrong_return"]["summary"]
 
 
-@pytest.mark.parametrize("opt_in", ["ob_oi.far_gain", "ob_oi.novelty"])
-def test_an_opt_in_check_runs_only_when_named(opt_in: str) -> None:
-    """ob_oi.far_gain (thin margin over trained benign far fields) and ob_oi.novelty (image outputs only,
-    sanitized copies not yet measured with it) are in no profile: a default scan and the whole ob_oi family
-    leave them out; naming one runs it."""
+def test_an_opt_in_check_runs_only_when_named() -> None:
+    """ob_oi.far_gain (thin margin over trained benign far fields) is in no profile: a default scan and the
+    whole ob_oi family leave it out; naming it runs it."""
     from scanner.checks import load_all
 
     registry = load_all()
+    opt_in = "ob_oi.far_gain"
     assert registry[opt_in].profiles == ()
     for profile in ("quick", "standard", "full"):
         order, _, _ = select_checks(registry, ScanConfig(profile=profile))
@@ -466,3 +465,20 @@ def test_an_opt_in_check_runs_only_when_named(opt_in: str) -> None:
     assert opt_in not in family and "ob_oi.prior_mode" in family
     named, _, _ = select_checks(registry, ScanConfig(profile="quick", only=[opt_in, "format"]))
     assert opt_in in named and any(n.startswith("format.") for n in named)
+
+
+def test_novelty_runs_in_standard_and_full_and_does_not_block_a_clean_verdict() -> None:
+    """ob_oi.novelty: in standard and full, not yet in quick (named, it runs there); it declines audio
+    outputs, so its skip must not make an audio scan inconclusive."""
+    from scanner.checks import load_all
+
+    registry = load_all()
+    for profile, expected in (("quick", False), ("standard", True), ("full", True)):
+        order, _, _ = select_checks(registry, ScanConfig(profile=profile))
+        assert ("ob_oi.novelty" in order) is expected, profile
+    named, _, _ = select_checks(registry, ScanConfig(profile="quick", only=["ob_oi.novelty"]))
+    assert "ob_oi.novelty" in named
+    passed = CheckResult(name="ob_oi.reconstruction", status="pass", summary="ok")
+    declined = CheckResult(name="ob_oi.novelty", status="skipped", summary="not valid on audio outputs")
+    decision = decide_verdict([passed, declined], needed_for_clean=lambda n: registry[n].needed_for_clean)
+    assert decision.verdict == "clean", decision.reasons

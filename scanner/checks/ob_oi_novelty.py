@@ -40,8 +40,16 @@ Image outputs only: a benign audio generator (the test zoo's piano WaveGAN, unif
 the bank's spacing from all it draws at random, on in-box neighbourhoods as smooth as a planted
 target's (its 13.0 of stop 22 came from offsets that left the box, where G's extrapolation
 inflated the spread; they are clamped into the box now). The check skips other outputs and says
-why. Opt-in (in no profile) until the sanitized copies are measured with it (a sanitized model must
-scan clean) and the no-hint bench is rerun with it.
+why.
+
+Sanitized copies (quick distillation of the test zoo's ONNX uploads, scanned with this check): ReD
+in-sample 78 → 11.3 (pass; TarDis at the trigger 0.0008 → 1.53), TrAIL in-sample 44.7 → 7.2 (pass;
+0.033 → 1.62), poisoning in-sample 158 → 48.2 (fail, rightly: the copy still draws the devil, TarDis
+0.25 → 0.38 against ≈ 2.4 for random samples; distillation does not remove that backdoor).
+
+In the standard and full profiles (image outputs); not yet in quick: the no-hint bench has not been
+rerun with it and its cost inside every quick scan of the test suite is not measured. Not needed for a
+clean verdict: it is a supplement for in-sample triggers without a hint, and it declines audio.
 
 It searches the typical set only: triggers at the prior's mode or far outside are ob_oi.prior_mode's
 and ob_oi.far_gain's.
@@ -70,11 +78,14 @@ _SHOWN = 4  # ascents drawn in the picture
 class NoveltyCheck(Check):
     name = "ob_oi.novelty"
     description = (
-        "Opt-in (no profile), image outputs: ascend the novelty of G's outputs from many starts; an output far "
+        "Image outputs (standard, full): ascend the novelty of G's outputs from many starts; an output far "
         "from all G draws yet stable around its latent is planted (target-free)"
     )
-    # Opt-in, run by naming it (`--only ob_oi.novelty`), until sanitized copies are scanned with it (module docstring).
-    profiles: ClassVar[tuple[Profile, ...]] = ()
+    # Not in quick until the no-hint bench is rerun with it and its CI cost is measured (module docstring).
+    profiles: ClassVar[tuple[Profile, ...]] = ("standard", "full")
+    # A supplement for in-sample triggers without a hint; it declines audio, which must not make every audio
+    # scan inconclusive. The hint-based and sanitized-copy detectors stay needed for a clean verdict.
+    needed_for_clean = False
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {**_SEARCH, "restarts": 16, **_SCORE},
         "standard": {**_SEARCH, "restarts": 32, **_SCORE},
