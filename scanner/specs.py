@@ -36,6 +36,13 @@ class LatentSpec:
             z = torch.rand((n, *self.shape), generator=generator) * (self.high - self.low) + self.low
         return z.to(device)
 
+    def clamp_into_support_(self, z: torch.Tensor) -> torch.Tensor:
+        """Clamp z in place into a uniform's box (a normal's support is everywhere: z is left as it is)."""
+        if self.distribution == "uniform":
+            with torch.no_grad():
+                z.clamp_(self.low, self.high)
+        return z
+
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
         """Per-sample log density under P_sample (−inf outside a uniform's support)."""
         flat = z.reshape(z.shape[0], -1)

@@ -177,9 +177,7 @@ def maximise_units(
                 z.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             optimiser.step()
             clamp_norm_(z, max_norm)
-            if generator.latent.distribution == "uniform":
-                with torch.no_grad():
-                    z.clamp_(generator.latent.low, generator.latent.high)
+            generator.latent.clamp_into_support_(z)
             done = step + 1
         with torch.no_grad():
             outputs = generator(z)

@@ -107,8 +107,7 @@ def novelty_ascent(
         with torch.no_grad():
             offset = z - centre
             z.copy_(centre + offset * (norms / offset.flatten(1).norm(dim=1).clamp_min(1e-12).reshape_as(norms)))
-            if latent.distribution != "normal":
-                z.clamp_(latent.low, latent.high)
+            latent.clamp_into_support_(z)
         done += 1
     z = z.detach()
     with torch.no_grad():
@@ -151,15 +150,11 @@ def prior_scale(latent: LatentSpec) -> float:
 def _local_spread(generator: Generator, z: torch.Tensor, radius: float, n: int, seed: int) -> torch.Tensor:
     """For each row of z: the median over n fixed offsets ε ~ N(0, radius² I) of the per-element squared
     distance between G(z + ε) and G(z) (z + ε clamped into a uniform prior's box)."""
-    latent = generator.latent
     offsets = sample_block(LatentSpec(shape=tuple(z.shape[1:])), n, seed, 2, z.device, NOVELTY_STREAM) * radius
     spreads = []
     for row in z:
         centre = _outputs(generator, row[None])
-        neighbours = row[None] + offsets
-        if latent.distribution != "normal":  # G is only defined on P_sample's box
-            neighbours = neighbours.clamp(latent.low, latent.high)
-        moved = _outputs(generator, neighbours)
+        moved = _outputs(generator, generator.latent.clamp_into_support_(row[None] + offsets))  # G lives on the box
         spreads.append((moved - centre).pow(2).mean(1).median())
     return torch.stack(spreads)
 
