@@ -78,11 +78,9 @@ _SHOWN = 4  # ascents drawn in the picture
 class NoveltyCheck(Check):
     name = "ob_oi.novelty"
     description = (
-        "Image outputs (standard, full): ascend the novelty of G's outputs from many starts; an output far "
-        "from all G draws yet stable around its latent is planted (target-free)"
+        "Image outputs: ascend the novelty of G's outputs from many starts; an output far from all G draws "
+        "yet stable around its latent is planted (target-free)"
     )
-    # Not in quick until the no-hint bench is rerun with it and its CI cost is measured (module docstring).
-    profiles: ClassVar[tuple[Profile, ...]] = ("standard", "full")
     # A supplement for in-sample triggers without a hint; it declines audio, which must not make every audio
     # scan inconclusive. The hint-based and sanitized-copy detectors stay needed for a clean verdict.
     needed_for_clean = False
