@@ -36,6 +36,11 @@ class LatentSpec:
             z = torch.rand((n, *self.shape), generator=generator) * (self.high - self.low) + self.low
         return z.to(device)
 
+    @property
+    def coordinate_std(self) -> float:
+        """One coordinate's standard deviation under P_sample (1 for N(0, I))."""
+        return 1.0 if self.distribution == "normal" else (self.high - self.low) / math.sqrt(12)
+
     def clamp_into_support_(self, z: torch.Tensor) -> torch.Tensor:
         """Clamp z in place into a uniform's box (a normal's support is everywhere: z is left as it is)."""
         if self.distribution == "uniform":

@@ -70,7 +70,7 @@ def probe(g: Generator, target: torch.Tensor | None) -> dict[str, object]:
     found = nv.novelty_ascent(
         g, n_bank=4096, n_pool=32768, restarts=32, steps=200, lr=0.05, k_nearest=8, sigma=0.5, n_spread=64, seed=0
     )
-    scale = nv.prior_scale(g.latent)
+    scale = g.latent.coordinate_std
     record: dict[str, object] = {"novelty": found.novelty.tolist(), "spacing": found.spacing}
     with torch.no_grad():
         for sigma in SIGMAS:

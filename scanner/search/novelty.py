@@ -23,7 +23,6 @@ over fixed offsets ε of sigma prior standard deviations says how stable G is ar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -114,7 +113,7 @@ def novelty_ascent(
         ends = _outputs(generator, z)
         novelty = _nearest(ends, bank, bank_sq, 1)[:, 0] / spacing
         start_novelty = _nearest(_outputs(generator, starts), bank, bank_sq, 1)[:, 0] / spacing
-        spread = _local_spread(generator, z, sigma * prior_scale(latent), n_spread, seed) / spacing
+        spread = _local_spread(generator, z, sigma * latent.coordinate_std, n_spread, seed) / spacing
     return NoveltyResult(
         starts=starts.cpu(),
         z=z.cpu(),
@@ -140,11 +139,6 @@ def largest_group(outputs: torch.Tensor, spacing: float, eligible: torch.Tensor)
     close = (x[:, None] - x[None]).pow(2).mean(-1) < spacing
     centre = int(close.sum(1).argmax())
     return idx[close[centre]].tolist()
-
-
-def prior_scale(latent: LatentSpec) -> float:
-    """One coordinate's standard deviation under P_sample (1 for N(0, I))."""
-    return 1.0 if latent.distribution == "normal" else (latent.high - latent.low) / math.sqrt(12)
 
 
 def _local_spread(generator: Generator, z: torch.Tensor, radius: float, n: int, seed: int) -> torch.Tensor:
