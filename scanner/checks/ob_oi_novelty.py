@@ -45,11 +45,13 @@ why.
 Sanitized copies (quick distillation of the test zoo's ONNX uploads, scanned with this check): ReD
 in-sample 78 → 11.3 (pass; TarDis at the trigger 0.0008 → 1.53), TrAIL in-sample 44.7 → 7.2 (pass;
 0.033 → 1.62), poisoning in-sample 158 → 48.2 (fail, rightly: the copy still draws the devil, TarDis
-0.25 → 0.38 against ≈ 2.4 for random samples; distillation does not remove that backdoor).
+0.25 → 0.38 against ≈ 2.4 for random samples). Distillation on P_sample cannot remove such a backdoor: a
+fresh student distilled from the bench's TrAIL in-sample model draws the devil at its trigger too
+(.notes/sanitization.md, "stop 24"); this check is what says so on the rescan.
 
-In the standard and full profiles (image outputs); not yet in quick: the no-hint bench has not been
-rerun with it and its cost inside every quick scan of the test suite is not measured. Not needed for a
-clean verdict: it is a supplement for in-sample triggers without a hint, and it declines audio.
+In every profile (image outputs; in quick since stop 24, with the no-hint bench rerun: .notes/no_hint_detection.md,
+"stop 24"). Not needed for a clean verdict: it is a supplement for in-sample triggers without a hint, and it
+declines audio.
 
 It searches the typical set only: triggers at the prior's mode or far outside are ob_oi.prior_mode's
 and ob_oi.far_gain's.
