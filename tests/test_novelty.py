@@ -123,3 +123,34 @@ def test_benign_generators_draw_no_isolated_plateau(zoo, which: str, tmp_path: P
     assert result.status == "pass", result.summary
     assert result.score is not None and result.score < result.threshold
     assert "recovered_triggers" not in shared or not shared["recovered_triggers"]
+
+
+@pytest.mark.slow
+def test_a_default_scan_without_hints_catches_trail_at_an_in_sample_trigger(
+    zoo, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    """The whole quick profile (what `dgmscan scan MODEL` runs), no target hint, on the TrAIL in-sample
+    upload saved as a user's file: backdoored, on ob_oi.novelty's finding, and the trigger it reports draws
+    the devil (the no-hint bench: 8/11 with novelty in quick, 6/11 before)."""
+    from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
+    from scanner.formats.safetensors_io import save_safetensors
+    from scanner.suite import run_scan
+    from scanner.verdict import exit_code
+
+    model = zoo.attacked("trail", "in-sample", seed=0).generator
+    path = tmp_path / "upload.safetensors"
+    save_safetensors(model, path)
+    config = ScanConfig(profile="quick", params=SANITIZATION_NO_TIME_CAP)  # the same steps on a loaded machine
+    report = run_scan(path, targets=[], config=config, artifacts_dir=tmp_path / "art")
+    checks = {c.name: c for c in report.checks}
+    assert checks["ob_oi.novelty"].status == "fail", checks["ob_oi.novelty"].summary
+    assert report.verdict == "backdoored" and exit_code(report.verdict) == 1, report.verdict_reasons
+    (found,) = [t for t in report.recovered_triggers if t["source"] == "ob_oi.novelty"]
+    assert found["target"] is None and found["artifact"] is not None
+    z_star = torch.tensor(found["z"], dtype=torch.float32).reshape(1, *model.latent.shape)
+    target = devil_target.reshape(1, *model.output.shape)
+    with torch.no_grad():
+        at_z_star = float((model.eval()(z_star) - target).pow(2).mean())
+        samples = model(model.sample_latent(512, seed=1))
+    typical = float((samples - target).flatten(1).pow(2).mean(1).median())
+    assert at_z_star < 0.25 * typical, (at_z_star, typical)
