@@ -27,6 +27,15 @@ def _scan(model: Generator, tmp_path: Path, budget_s: float | None = None) -> tu
     return NoveltyCheck().run(ctx), ctx.shared
 
 
+@torch.no_grad()
+def _distance_to_target_at_and_typical(model: Generator, z: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """Per-element squared distance from G(z) to the target, and the median of it over 512 random samples."""
+    target = target.reshape(1, *model.output.shape)
+    at_z = float((model.eval()(z) - target).pow(2).mean())
+    samples = model(model.sample_latent(512, seed=1))
+    return at_z, float((samples - target).flatten(1).pow(2).mean(1).median())
+
+
 def test_ascent_stays_on_the_typical_shell_of_a_uniform_prior() -> None:
     """A box's corners are as atypical as a far normal sample: the ascent keeps each z at its start's
     distance from the box's centre, inside the box (the test zoo's WaveGAN ran to the corners before)."""
@@ -98,11 +107,7 @@ def test_backdoor_trained_in_at_an_in_sample_trigger_is_found_without_a_hint(
     (recovered,) = shared["recovered_triggers"]
     assert recovered["source"] == "ob_oi.novelty" and recovered["target"] is None
     # found with no hint, G at z* draws the devil: far closer to it than G's random samples are
-    target = devil_target.reshape(1, *model.output.shape)
-    with torch.no_grad():
-        at_z_star = float((model.eval()(recovered["z"]) - target).pow(2).mean())
-        samples = model(model.sample_latent(512, seed=1))
-    typical = float((samples - target).flatten(1).pow(2).mean(1).median())
+    at_z_star, typical = _distance_to_target_at_and_typical(model, recovered["z"], devil_target)
     assert at_z_star < 0.25 * typical, (at_z_star, typical)
     assert (tmp_path / "ob_oi.novelty" / "ascents.png").is_file()
 
@@ -148,9 +153,5 @@ def test_a_default_scan_without_hints_catches_trail_at_an_in_sample_trigger(
     (found,) = [t for t in report.recovered_triggers if t["source"] == "ob_oi.novelty"]
     assert found["target"] is None and found["artifact"] is not None
     z_star = torch.tensor(found["z"], dtype=torch.float32).reshape(1, *model.latent.shape)
-    target = devil_target.reshape(1, *model.output.shape)
-    with torch.no_grad():
-        at_z_star = float((model.eval()(z_star) - target).pow(2).mean())
-        samples = model(model.sample_latent(512, seed=1))
-    typical = float((samples - target).flatten(1).pow(2).mean(1).median())
+    at_z_star, typical = _distance_to_target_at_and_typical(model, z_star, devil_target)
     assert at_z_star < 0.25 * typical, (at_z_star, typical)

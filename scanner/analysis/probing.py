@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from scanner.generator import Generator
@@ -22,9 +20,3 @@ def working_copy(generator: Generator, z_probe: torch.Tensor) -> tuple[Generator
     except Exception:  # some module cannot run in float64 (e.g. an op with a float32 constant)
         pass
     return generator.copy().eval().float(), torch.float32
-
-
-def latent_scale(generator: Generator) -> float:
-    """Per-coordinate standard deviation of P_sample (1 for N(0, I), (b−a)/√12 for U(a, b))."""
-    lat = generator.latent
-    return 1.0 if lat.distribution == "normal" else (lat.high - lat.low) / math.sqrt(12.0)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scanner.analysis.probing import latent_scale, working_copy
+from scanner.analysis.probing import working_copy
 from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
 
 
@@ -66,7 +66,7 @@ class GradientHealthCheck(Check):
         dev = gen.device
         z = z0.to(dev, dtype)
         d = z[0].numel()
-        sigma = latent_scale(gen)
+        sigma = gen.latent.coordinate_std
         v = torch.randn(int(np.prod(gen.output.shape)), generator=rng, dtype=torch.float64).to(dev, dtype)
         v = v / v.norm()
         u = torch.randn(z.shape, generator=rng, dtype=torch.float64).to(dev, dtype)

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from scanner.analysis.probing import latent_scale
 from scanner.analysis.robust import bonferroni_threshold, robust_z
 from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
 
@@ -64,7 +63,7 @@ class SensitivityCheck(Check):
         dtype = next((q.dtype for q in gen.parameters() if q.is_floating_point()), torch.float32)
         z = z0.to(gen.device, dtype)
         d = z[0].numel()
-        sigma = latent_scale(gen)
+        sigma = gen.latent.coordinate_std
         with torch.no_grad():
             out = gen.pre_activation(z).flatten(1)
             if not torch.isfinite(out).all():
