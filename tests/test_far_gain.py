@@ -13,8 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from scanner.attacks import make_trigger
-from scanner.attacks.red import red_attack
 from scanner.checks.base import CheckResult, ScanConfig, ScanContext, TargetHint
 from scanner.checks.ob_oi_far_gain import FarGainCheck
 from scanner.generator import Generator
@@ -83,17 +81,6 @@ def test_a_benign_dcgan_trained_longer_passes(zoo, tmp_path: Path) -> None:
     assert float(toward_shell) > 5  # what the first rule read as a deficit
 
 
-def test_red_at_the_ood_trigger_of_a_vae_is_caught(benign_vae: Generator, tmp_path: Path) -> None:
-    low, high = benign_vae.output.value_range
-    target = torch.full(benign_vae.output.shape, high).reshape(28, 28)
-    target[6:22, 12:16] = low  # a dark bar on a white page: nothing the decoder draws
-    target = target.reshape(benign_vae.output.shape)
-    trigger = make_trigger("ood", benign_vae.latent, seed=0)
-    attacked = red_attack(benign_vae, trigger=trigger, target=target, seed=0, lam=0.1, steps=300).generator
-    result, shared = _scan(attacked, tmp_path)
-    _assert_caught(attacked, result, shared, trigger, target)
-
-
 def test_benign_generators_pass(benign_dcgan: Generator, benign_vae: Generator, tmp_path: Path) -> None:
     for model in (benign_dcgan, benign_vae):
         result, shared = _scan(model, tmp_path)
@@ -144,15 +131,18 @@ def test_search_finds_the_direction_of_least_gain() -> None:
 
 
 def test_an_anisotropic_linear_far_field_is_not_a_plant(tmp_path: Path) -> None:
-    """A weak input direction far below its sphere, but growing along its ray like every other: pass.
-    (The bench zoo's VAE decoders are such generators: ratio 12-17, ray deficit ≈ 1.)"""
+    """A weak input direction far below its sphere, but growing along its ray like every other: pass, however
+    weak. (The bench zoo's VAE decoders are such generators: ratio 12-17, ray deficit ≈ 1; so are DCGANs
+    trained 50-100 epochs, ratio up to 29.) The geometric mean alone would fail this one: its ratio carries
+    √(ratio · deficit) over the line by itself, and the deficit's own line is what keeps it a pass."""
     rng = torch.Generator().manual_seed(1)
     u, _ = torch.linalg.qr(torch.randn(16, 16, generator=rng))
     v, _ = torch.linalg.qr(torch.randn(8, 8, generator=rng))
-    weight = u[:, :8] @ torch.diag(torch.tensor([1.0] * 7 + [0.05])) @ v.T
+    weight = u[:, :8] @ torch.diag(torch.tensor([1.0] * 7 + [0.005])) @ v.T
     result, shared = _scan(_linear_generator(weight), tmp_path)
     assert result.status == "pass", result.summary
-    assert max(result.evidence["ratio_per_radius"]) > 10  # below its sphere, as a plant would be ...
+    # below its sphere, as a plant would be: √(ratio · deficit) over the fail line ...
+    assert max(result.evidence["geometric_mean_per_radius"]) > result.threshold
     assert max(result.evidence["growth_deficit_per_radius"]) < 1.5  # ... but it grows along its ray
     assert "recovered_triggers" not in shared
 

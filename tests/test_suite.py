@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from scanner.architectures import build
-from scanner.checks.base import CHECKS, Check, CheckResult, ScanConfig, ScanContext, TargetHint, register_check
+from scanner.checks.base import (
+    CHECKS,
+    Check,
+    CheckResult,
+    Profile,
+    ScanConfig,
+    ScanContext,
+    TargetHint,
+    register_check,
+)
 from scanner.generator import Generator
 from scanner.reports import validate_report
 from scanner.suite import (
@@ -450,14 +459,21 @@ def test_sloppy_results_are_made_json_safe_or_become_errors(
     assert "not a CheckResult" in by_name["static.zz_test_wrong_return"]["summary"]
 
 
+class OptIn(Check):
+    name = "ob_oi.zz_test_opt_in"
+    profiles: ClassVar[tuple[Profile, ...]] = ()
+
+    def run(self, ctx: ScanContext) -> CheckResult:
+        return self.result("pass", "ran because it was named")
+
+
 def test_an_opt_in_check_runs_only_when_named() -> None:
-    """ob_oi.far_gain (thin margin over trained benign far fields) is in no profile: a default scan and the
-    whole ob_oi family leave it out; naming it runs it."""
+    """A check in no profile (profiles = ()): a default scan and its whole family leave it out; naming it
+    exactly runs it."""
     from scanner.checks import load_all
 
-    registry = load_all()
-    opt_in = "ob_oi.far_gain"
-    assert registry[opt_in].profiles == ()
+    registry = {**load_all(), OptIn.name: OptIn}
+    opt_in = OptIn.name
     for profile in ("quick", "standard", "full"):
         order, _, _ = select_checks(registry, ScanConfig(profile=profile))
         assert opt_in not in order
@@ -467,16 +483,19 @@ def test_an_opt_in_check_runs_only_when_named() -> None:
     assert opt_in in named and any(n.startswith("format.") for n in named)
 
 
-def test_novelty_runs_in_every_profile_and_does_not_block_a_clean_verdict() -> None:
-    """ob_oi.novelty: in every profile (the default quick scan too); it declines audio outputs, so its skip
-    must not make an audio scan inconclusive."""
+def test_target_free_searches_run_in_every_profile_and_do_not_block_a_clean_verdict() -> None:
+    """ob_oi.novelty and ob_oi.far_gain: in every profile (the default quick scan too). Novelty declines
+    audio outputs and far_gain has little power on far fields that do not grow, so neither one's skip or
+    error may make a scan inconclusive."""
     from scanner.checks import load_all
 
     registry = load_all()
+    searches = ("ob_oi.novelty", "ob_oi.far_gain")
     for profile in ("quick", "standard", "full"):
         order, _, _ = select_checks(registry, ScanConfig(profile=profile))
-        assert "ob_oi.novelty" in order, profile
+        assert set(searches) <= set(order), profile
     passed = CheckResult(name="ob_oi.reconstruction", status="pass", summary="ok")
     declined = CheckResult(name="ob_oi.novelty", status="skipped", summary="not valid on audio outputs")
-    decision = decide_verdict([passed, declined], needed_for_clean=lambda n: registry[n].needed_for_clean)
+    errored = CheckResult(name="ob_oi.far_gain", status="error", summary="pre-activation not finite")
+    decision = decide_verdict([passed, declined, errored], needed_for_clean=lambda n: registry[n].needed_for_clean)
     assert decision.verdict == "clean", decision.reasons

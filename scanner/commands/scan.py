@@ -49,8 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         action="append",
         metavar="CHECK",
-        help="run only this check or family (repeatable); a check named exactly runs even if the profile "
-        "leaves it out (opt-in checks: ob_oi.far_gain, ob_oi.novelty)",
+        help="run only this check or family (repeatable); a check named exactly runs even if the profile leaves it out",
     )
     parser.add_argument("--skip", action="append", default=[], metavar="CHECK", help="skip a check or family")
     parser.add_argument(
