@@ -2,11 +2,11 @@
 (.notes/no_hint_detection.md, "stop 25"). Not part of the product; run from the repository root:
 
     PYTHONPATH=. .venv/bin/python .notes/scripts/far_gain_probe.py OUT.jsonl bench benign:dcgan:0 \\
-        attacked:red:dcgan:ood:devil:0
+        attacked:red:dcgan:ood:devil:0 sanitized:red:dcgan:ood:devil:0
     PYTHONPATH=. .venv/bin/python .notes/scripts/far_gain_probe.py OUT.jsonl test benign:dcgan:0 long:0 \\
         attacked:red:ood:0 sanitized:red:ood:0 foreign:0 wavegan:0
 
-`sanitized:…` is the test zoo's upload as tests/test_sanitized_rescan.py makes its copy (ONNX, quick
+`sanitized:…` is the upload's copy as tests/test_sanitized_rescan.py makes it (ONNX, quick
 distillation without a time cap). One JSON line per model is appended to OUT.jsonl.
 """
 
@@ -38,7 +38,8 @@ def load(zoo_kind: str, name: str) -> Generator:
         if kind == "benign":
             return zoo.benign(rest[0], int(rest[1])).generator
         attack, family, trigger, target, seed = rest
-        return zoo.attacked(AttackPlan(attack, family, trigger, target, int(seed))).generator
+        attacked = zoo.attacked(AttackPlan(attack, family, trigger, target, int(seed))).generator
+        return sanitized_copy(attacked) if kind == "sanitized" else attacked
     import tests.zoo as tz
 
     if kind == "benign":
