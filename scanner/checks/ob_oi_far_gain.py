@@ -42,7 +42,9 @@ this machine, score / deficit at the scoring radius): benign bench DCGAN s0-s4 1
 test-zoo DCGAN s0 / s1 1.6 / 2.1, DCGAN base 8 trained 12 epochs s0 / s1 3.75 / 4.24 (deficit 1.70 / 1.56:
 the highest benign deficits measured), VAE 2.5, WaveGAN 1.4, out-of-registry 0.03; the quick sanitized
 copy of the test zoo's ReD-OOD upload 4.94 (deficit 1.81: distillation does not fully regrow the plant's
-ray; 1.2× under both lines). Plants at the paper's OOD trigger: bench ReD devil 11.0, ReD digit 7 7.31, ReX
+ray; 1.2× under both lines). The bench's ReD-OOD copies fail (7.91 / 6.42), and rightly: each still draws the
+target coarsely (0.28/element for the devil) along its least-gain direction, 46° off the trigger's ray
+(.notes/sanitization.md, "stop 25"). Plants at the paper's OOD trigger: bench ReD devil 11.0, ReD digit 7 7.31, ReX
 7.31, poisoning 7.21; test-zoo ReD 9.94, ReX 7.06, TrAIL 6.50 — caught, 1.1-1.8× over the line. Missed:
 bench TrAIL 3.61 (deficit 1.32), test-zoo poisoning 4.33 (ratio 5-8), and **ReD on a VAE decoder** (bench
 4.04: ratio 59, deficit 1.48; test zoo ratio 121, deficit 1.19) — a one-hidden-layer decoder's far field
