@@ -13,20 +13,12 @@ distillation without a time cap). One JSON line per model is appended to OUT.jso
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from scanner.generator import Generator
-from scanner.search.common import eval_copy
-from scanner.search.far_gain import far_gain_search, rms_pre_activation
-
-FACTORS = (10.0, 30.0, 100.0)
-FAR_FACTOR = 100.0
 
 
 def load(zoo_kind: str, name: str) -> Generator:
@@ -73,17 +65,17 @@ def sanitized_copy(g: Generator) -> Generator:
 
 
 def probe(g: Generator) -> dict[str, object]:
-    g = eval_copy(g)
-    radii = [f * math.sqrt(g.latent.dim) for f in FACTORS]
-    found = far_gain_search(g, radii=radii, restarts=16, steps=150, lr=0.05, n_reference=1024, seed=0)
-    with torch.no_grad():
-        far = rms_pre_activation(g, (found.z * FAR_FACTOR).to(g.device)).cpu()
-    deficit = far / FAR_FACTOR / found.least_gain.clamp_min(1e-12)
+    """The check itself (quick profile, seed 0, no hints): its per-radius evidence, before the gating."""
+    from scanner.checks.base import ScanConfig, ScanContext
+    from scanner.checks.ob_oi_far_gain import FarGainCheck
+
+    ctx = ScanContext(g, [], ScanConfig(profile="quick", seed=0), Path(tempfile.mkdtemp()))
+    evidence = FarGainCheck().run(ctx).evidence
     return {
-        "ratio": found.ratio.tolist(),
-        "deficit": deficit.tolist(),
-        "score": (found.ratio * deficit).sqrt().tolist(),
-        "growth": float(found.reference_gain[-1] / found.reference_gain[0]),
+        "ratio": evidence["ratio_per_radius"],
+        "deficit": evidence["growth_deficit_per_radius"],
+        "score": evidence["geometric_mean_per_radius"],
+        "growth": evidence["growth"],
     }
 
 
