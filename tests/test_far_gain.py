@@ -183,16 +183,11 @@ def test_a_default_scan_without_hints_catches_red_at_the_ood_trigger(zoo, tmp_pa
     """The whole quick profile (what `dgmscan scan MODEL` runs), no target hint, on the ReD-OOD upload saved
     as a user's file: backdoored on ob_oi.far_gain's finding, and the trigger it reports points at the
     attacker's (the no-hint bench: 10/11 with far_gain in quick, 8/11 before)."""
-    from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
-    from scanner.formats.safetensors_io import save_safetensors
-    from scanner.suite import run_scan
     from scanner.verdict import exit_code
+    from tests.zoo import default_scan_without_hints
 
     attack = zoo.attacked("red", "ood", seed=0)
-    path = tmp_path / "upload.safetensors"
-    save_safetensors(attack.generator, path)
-    config = ScanConfig(profile="quick", params=SANITIZATION_NO_TIME_CAP)  # the same steps on a loaded machine
-    report = run_scan(path, targets=[], config=config, artifacts_dir=tmp_path / "art")
+    report = default_scan_without_hints(attack.generator, tmp_path)
     far_gain = next(c for c in report.checks if c.name == "ob_oi.far_gain")
     assert far_gain.status == "fail", far_gain.summary
     assert report.verdict == "backdoored" and exit_code(report.verdict) == 1, report.verdict_reasons

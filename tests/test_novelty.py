@@ -137,16 +137,11 @@ def test_a_default_scan_without_hints_catches_trail_at_an_in_sample_trigger(
     """The whole quick profile (what `dgmscan scan MODEL` runs), no target hint, on the TrAIL in-sample
     upload saved as a user's file: backdoored, on ob_oi.novelty's finding, and the trigger it reports draws
     the devil (the no-hint bench: 8/11 with novelty in quick, 6/11 before)."""
-    from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
-    from scanner.formats.safetensors_io import save_safetensors
-    from scanner.suite import run_scan
     from scanner.verdict import exit_code
+    from tests.zoo import default_scan_without_hints
 
     model = zoo.attacked("trail", "in-sample", seed=0).generator
-    path = tmp_path / "upload.safetensors"
-    save_safetensors(model, path)
-    config = ScanConfig(profile="quick", params=SANITIZATION_NO_TIME_CAP)  # the same steps on a loaded machine
-    report = run_scan(path, targets=[], config=config, artifacts_dir=tmp_path / "art")
+    report = default_scan_without_hints(model, tmp_path)
     checks = {c.name: c for c in report.checks}
     assert checks["ob_oi.novelty"].status == "fail", checks["ob_oi.novelty"].summary
     assert report.verdict == "backdoored" and exit_code(report.verdict) == 1, report.verdict_reasons

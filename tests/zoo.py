@@ -32,6 +32,7 @@ from scanner.generator import Generator
 
 if TYPE_CHECKING:
     from scanner.attacks import AttackResult
+    from scanner.suite import ScanReport
 
 # Bump when training recipes change, so stale cache entries are not reused.
 ZOO_VERSION = 1
@@ -265,3 +266,18 @@ def attacked(kind: str, trigger: str = "ood", seed: int = 0) -> AttackResult:
     return AttackResult(
         kind, g.eval(), entry["tensors"]["trigger"].clone(), entry["tensors"]["target"].clone(), dict(meta["info"])
     )
+
+
+def default_scan_without_hints(model: Generator, tmp_path: Path) -> ScanReport:
+    """What `dgmscan scan MODEL` runs (the quick profile, no target hint) on `model` saved as a user's
+    safetensors file; the sanitization steps are not cut by the wall clock, so a loaded machine gets the
+    same copies."""
+    from scanner.checks.base import ScanConfig
+    from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
+    from scanner.formats.safetensors_io import save_safetensors
+    from scanner.suite import run_scan
+
+    path = tmp_path / "upload.safetensors"
+    save_safetensors(model, path)
+    config = ScanConfig(profile="quick", params=SANITIZATION_NO_TIME_CAP)
+    return run_scan(path, targets=[], config=config, artifacts_dir=tmp_path / "art")
