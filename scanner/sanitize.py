@@ -111,6 +111,14 @@ def _reinitialise(module: nn.Module, seed: int) -> int:
     return count
 
 
+def can_reinitialise(generator: Generator) -> bool:
+    """Whether "reinit" gives a fresh student: some layer of the body below the root has
+    reset_parameters() (an ONNX-executed body has none, and make_student then perturbs instead)."""
+    return any(
+        callable(getattr(m, "reset_parameters", None)) for m in generator.body.modules() if m is not generator.body
+    )
+
+
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     """The parameters sanitization may change: those of weight layers (Linear/Conv/ConvTranspose)
     and of torch normalisation modules (their affine scale and shift).

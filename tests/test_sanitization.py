@@ -104,13 +104,19 @@ def test_distillation_removes_red_backdoor_and_warns(
     assert expected_distance(sanitized, backdoored, z).mean <= attack_gap
     assert expected_distance(sanitized, benign, z).mean <= 2 * attack_gap
 
-    # the written model loads back through the untrusted-file loader and matches
+    # the written model is a fresh student (the body has torch layers), not the perturbed reference copy;
+    # it loads back through the untrusted-file loader, stays within the bound and lost the backdoor too
+    written = ev["written_copy"]
+    assert written["copy"] == "fresh" and written["init"] == "reinit", written
     (artifact,) = result.artifacts
     path = ctx.artifacts_dir / artifact.name
     assert path.is_file() and ev["model_artifact"] == artifact.name
     reloaded = load_generator(path)
     zs = backdoored.latent.sample(16, generator=torch.Generator().manual_seed(6))
-    assert torch.allclose(reloaded(zs), sanitized(zs), atol=1e-4)
+    assert not torch.allclose(reloaded(zs), sanitized(zs), atol=1e-4)
+    assert expected_distance(reloaded, backdoored, z).mean <= ev["expdis_tolerance_mean"]
+    assert target_distance(reloaded, z_trigger, devil).mean >= 100 * trigger["tardis_before"]["mean"]
+    assert written["triggers"][0]["tardis_ratio"] >= 100, written["triggers"]
     # JSON-able evidence
     assert result.to_dict()["evidence"]["triggers"][0]["source"] == "ob_oi.reconstruction"
 

@@ -23,6 +23,22 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
 - null_copy: after a converged sanitization, distil a second copy the same way with another seed
   (NULL_SEED_OFFSET) in what is left of the time budget, kept when it meets the same fidelity
   bound. ob_oi.divergence uses how far the two copies diverge from each other as its null.
+- fresh_copy: after a converged sanitization, distil a fresh student (init "reinit", one round, the
+  same steps and fidelity bound) in what is left of the time budget; when it meets the bound it is
+  the model written out (the artifact), with its own ExpDis and TarDis in evidence["written_copy"].
+
+Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
+perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
+keep them as their reference (ctx.shared). The model a user deploys instead of the upload should carry
+nothing of the upload's weights: a perturbed copy of a model planted far out keeps a far-field target
+(the bench's ReD at the OOD trigger: its copy draws the devil at 0.28/element along a direction 46° off
+the trigger, ob_oi.far_gain 7.9), because distillation on P_sample never supervises that region and the
+perturbation leaves the weights that shaped it. A fresh student never saw those weights; the same 300
+steps on P_sample bring it within the bound (ExpDis 0.08× the output variance) with TarDis at the trigger
+3.31 (upload 0.019) and a far field as straight as a benign model's (far_gain 1.71, deficit ≤ 1.0;
+.notes/sanitization.md, "stop 26"). In-sample triggers are another matter: P_sample around them already
+fixes the target, and a fresh student learns TrAIL's or poisoning's devil too (stop 24). A body with no
+re-initialisable layers (an ONNX-executed upload) gets no fresh copy: the perturbed one is written.
 """
 
 from __future__ import annotations
@@ -31,9 +47,17 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
-from scanner.checks.sanitization_common import judge_and_report, share_null_model, within_fidelity
+from scanner.checks.sanitization_common import (
+    behaviour_evidence,
+    collect_trigger_probes,
+    export_sanitized,
+    judge_and_report,
+    share_null_model,
+    trigger_evidence,
+    within_fidelity,
+)
 from scanner.generator import Generator
-from scanner.sanitize import DistillResult, distill
+from scanner.sanitize import DistillResult, StudentInit, can_reinitialise, distill
 
 NULL_SEED_OFFSET = 7919  # the null copy's seed: the scan's seed + this (any other seed would do)
 
@@ -54,6 +78,7 @@ _COMMON: dict[str, Any] = {
     # uploads scored 0.79-1.27 and ReD backdoors that took 4.0-5.9 in ob_oi.divergence; the rescan of
     # a sanitized ReD 2.3 (its q99 ratio 44x against a 50x fail line). Costs a second distillation.
     "null_copy": True,
+    "fresh_copy": True,
 }
 
 
@@ -140,6 +165,9 @@ class DistillationSanitization(Check):
         if p["null_copy"] and out.evidence.get("converged"):
             left = None if budget is None else budget - timer.elapsed
             out.evidence["null_copy"] = self._null_copy(ctx, original, p, accept=accept, budget_s=left)
+        if p["fresh_copy"] and out.evidence.get("converged"):
+            left = None if budget is None else budget - timer.elapsed
+            self._write_fresh_copy(ctx, original, p, out, accept=accept, budget_s=left)
         out.duration_s = timer.elapsed
         return out
 
@@ -152,16 +180,18 @@ class DistillationSanitization(Check):
         seed: int,
         accept: Callable[[Generator], bool],
         budget_s: float | None,
+        init: StudentInit | None = None,
+        rounds: int | None = None,
     ) -> DistillResult:
         return distill(
             original,
-            init=p["init"],
+            init=init or p["init"],
             steps=int(p["steps"]),
             batch_size=int(p["batch_size"]),
             lr=float(p["lr"]),
             seed=seed,
             relative_noise=float(p["relative_noise"]),
-            rounds=int(p["rounds"]),
+            rounds=int(p["rounds"]) if rounds is None else rounds,
             # a cap below `steps` (steps raised alone) means "no extension", not an error
             max_round_steps=max(int(p["max_round_steps"]), int(p["steps"])),
             accept_round=accept,
@@ -195,3 +225,60 @@ class DistillationSanitization(Check):
             "train_seconds": null.seconds,
             "note": None if kept else "cut short or beyond the fidelity bound: ob_oi.divergence uses its P_sample rule",
         }
+
+    def _write_fresh_copy(
+        self,
+        ctx: ScanContext,
+        original: Generator,
+        p: dict[str, Any],
+        out: CheckResult,
+        *,
+        accept: Callable[[Generator], bool],
+        budget_s: float | None,
+    ) -> None:
+        """Distil a fresh student and, when it meets the fidelity bound, write it out in place of the
+        perturbed copy (same artifact name); evidence["written_copy"] says which copy was written."""
+        written: dict[str, Any] = {"copy": "perturbed", "init": out.evidence.get("init")}
+        out.evidence["written_copy"] = written
+        if not can_reinitialise(original):
+            written["note"] = "the upload's body has no re-initialisable layers (ONNX-executed): no fresh copy"
+            return
+        if budget_s is not None and budget_s <= 0:
+            written["note"] = "no time left in the check's budget for a fresh copy"
+            return
+        fresh = self._distill(
+            ctx, original, p, seed=ctx.config.seed, accept=accept, budget_s=budget_s, init="reinit", rounds=1
+        )
+        if fresh.stopped_early or not accept(fresh.student):
+            written["note"] = (
+                f"the fresh copy did not meet the fidelity bound in {fresh.steps} steps"
+                f"{' (cut short)' if fresh.stopped_early else ''}: the perturbed copy is written"
+            )
+            return
+        artifact, problem = export_sanitized(ctx, self.name, fresh.student.eval())
+        if artifact is None:
+            written["note"] = f"the fresh copy could not be written ({problem}): the perturbed copy is written"
+            return
+        z_eval = original.latent.sample(
+            int(p["n_eval"]), generator=ctx.rng(self.name + ".eval"), device=original.device
+        )
+        behaviour = behaviour_evidence(original, fresh.student, z_eval, tolerance_factor=float(p["tolerance_factor"]))
+        probes, _ = collect_trigger_probes(ctx, original)
+        triggers = trigger_evidence(
+            original, fresh.student, probes, expdis=behaviour.pop("expdis"), rng=ctx.rng(self.name + ".triggers")
+        )
+        written.update(
+            copy="fresh",
+            init=fresh.init,
+            steps=fresh.steps,
+            train_seconds=fresh.seconds,
+            **behaviour,
+            triggers=triggers,
+        )
+        out.artifacts = [a for a in out.artifacts if a.name != artifact.name] + [artifact]
+        out.evidence["model_artifact"] = artifact.name
+        ratios = [t["tardis_ratio"] for t in triggers if "tardis_ratio" in t]
+        tardis = f", TarDis at recovered triggers ×{min(ratios):.3g} or more" if ratios else ""
+        out.summary += (
+            f"; written: a fresh student (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis})"
+        )
