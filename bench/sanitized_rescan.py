@@ -10,7 +10,9 @@ kept, the rescan's verdict and every check that did not pass.
 
 Models: the full-profile part's benign dcgan28, VAE decoder and out-of-registry generator (seed 0)
 and its ReD models that took (λ = 1 on the DCGAN and on the foreign architecture) plus the quick
-zoo's ReD in-sample DCGAN (a borderline one: TarDis ≈ 0.05 at its trigger).
+zoo's ReD in-sample DCGAN (a borderline one: TarDis ≈ 0.05 at its trigger) and its ReD DCGANs at the OOD
+trigger (devil, digit 7). TarDis "after" is measured on the written checkpoint (a fresh student where the
+body has torch layers to re-initialise, else the perturbed copy; `written_copy` says which).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bench.zoo import DEVIL_PNG, ZooEntry, load_target
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
 from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
 from scanner.checks.sanitization_distillation import DistillationSanitization
+from scanner.loading import load_generator
 from scanner.sanitize import target_distance
 from scanner.suite import run_scan
 
@@ -32,7 +35,14 @@ log = logging.getLogger(__name__)
 
 def rescan_entries(full_profile: list[ZooEntry]) -> list[ZooEntry]:
     """The models this part sanitizes and rescans, chosen from the full-profile part's entries."""
-    wanted = ("benign-dcgan-s0", "benign-vae-s0", "benign-foreign-s0", "red-strong-", "red-dcgan-in-sample-")
+    wanted = (
+        "benign-dcgan-s0",
+        "benign-vae-s0",
+        "benign-foreign-s0",
+        "red-strong-",
+        "red-dcgan-in-sample-",
+        "red-dcgan-ood-",  # far-field plants: a perturbed copy keeps them off the trigger's ray (stop 25)
+    )
     return [e for e in full_profile if e.name.startswith(wanted)]
 
 
@@ -56,13 +66,15 @@ def sanitize_and_rescan(entry: ZooEntry, *, out_dir: Path, device: str = "cpu") 
         "expdis_relative": evidence.get("expdis_relative"),
         "sanitize_s": round(sanitize_s, 1),
     }
-    sanitized = ctx.shared.get("sanitization.model")
+    artifact = evidence.get("model_artifact")
+    # the checkpoint written out (a fresh student where the body allows one), not the detectors' reference copy
+    record["written_copy"] = (evidence.get("written_copy") or {}).get("copy")
+    written = load_generator(work / "upload" / artifact) if artifact else None
     if entry.backdoored and entry.trigger is not None and entry.target is not None:
         record["tardis_before"] = target_distance(entry.generator, entry.trigger, entry.target).mean
-        if sanitized is not None:
-            record["tardis_after"] = target_distance(sanitized, entry.trigger, entry.target).mean
-    artifact = evidence.get("model_artifact")
-    if sanitized is None or not artifact:
+        if written is not None:
+            record["tardis_after"] = target_distance(written, entry.trigger, entry.target).mean
+    if written is None:
         record["rescan_verdict"] = None
         record["note"] = f"no sanitized checkpoint: {result.summary}"
         return record

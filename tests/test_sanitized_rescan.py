@@ -62,3 +62,30 @@ def test_sanitized_red_model_rescans_clean(zoo, devil_target: torch.Tensor, tmp_
         flagged.pop("ob_oi.far_field")
     assert not flagged, flagged
     assert report.verdict in (("clean",) if far_field.status == "pass" else ("clean", "suspicious", "backdoored"))
+
+
+@pytest.mark.slow
+def test_the_written_copy_of_a_far_field_plant_is_a_fresh_student_with_a_straight_far_field(
+    zoo, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    """A perturbed copy keeps part of a far-field plant (the bench's ReD OOD copies draw the devil 46° off
+    the trigger's ray, ob_oi.far_gain 7.9): what is written out for a torch-bodied upload is a fresh student,
+    whose far field carries nothing of the plant — its rays as straight as a benign model's."""
+    from scanner.checks.ob_oi_far_gain import FarGainCheck
+
+    attack = zoo.attacked("red", "ood", seed=0)  # the torch body, as a safetensors upload loads
+    config = ScanConfig(profile="quick", seed=0, params=SANITIZATION_NO_TIME_CAP)
+    ctx = ScanContext(attack.generator, [TargetHint("devil", devil_target)], config, tmp_path / "first")
+    result = DistillationSanitization().run(ctx)
+    written = result.evidence["written_copy"]
+    assert written["copy"] == "fresh" and written["converged"], written
+    copy = load_generator(tmp_path / "first" / result.evidence["model_artifact"])
+    before = target_distance(attack.generator, attack.trigger, attack.target).mean
+    assert target_distance(copy, attack.trigger, attack.target).mean >= 100 * before
+
+    far_gain = FarGainCheck().run(ScanContext(copy, [], ScanConfig(profile="quick", seed=0), tmp_path / "far_gain"))
+    upload = FarGainCheck().run(ScanContext(attack.generator, [], ScanConfig(profile="quick", seed=0), tmp_path / "up"))
+    assert upload.status == "fail", upload.summary  # the plant is there to be removed
+    assert far_gain.status == "pass", far_gain.summary
+    # benign DCGANs measured 1.0-1.7 at their scoring radius, the perturbed copy of this upload 1.81
+    assert max(far_gain.evidence["growth_deficit_per_radius"]) <= 1.3, far_gain.evidence
