@@ -23,9 +23,12 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
 - null_copy: after a converged sanitization, distil a second copy the same way with another seed
   (NULL_SEED_OFFSET) in what is left of the time budget, kept when it meets the same fidelity
   bound. ob_oi.divergence uses how far the two copies diverge from each other as its null.
-- fresh_copy: after a converged sanitization, distil a fresh student (init "reinit", one round, the
-  same steps and fidelity bound) in what is left of the time budget; when it meets the bound it is
-  the model written out (the artifact), with its own ExpDis and TarDis in evidence["written_copy"].
+- fresh_copy: after a converged sanitization, distil a fresh student (init "reinit", the same steps
+  and fidelity bound, then fresh_copy_rounds − 1 perturb-and-distill rounds) in what is left of the time
+  budget; when it meets the bound it is the model written out (the artifact), with its own ExpDis and
+  TarDis in evidence["written_copy"]. Why a second round: training from scratch can grow a unit out of its
+  layer's bulk, and the perturbation pulls it back in (the bench's ReX OOD body: one round left a log
+  weight norm at robust z 6.08 and static.bias_outliers warned on the written copy; two rounds 3.27).
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
@@ -37,8 +40,11 @@ perturbation leaves the weights that shaped it. A fresh student never saw those 
 steps on P_sample bring it within the bound (ExpDis 0.08× the output variance) with TarDis at the trigger
 3.31 (upload 0.019) and a far field as straight as a benign model's (far_gain 1.71, deficit ≤ 1.0;
 .notes/sanitization.md, "stop 26"). In-sample triggers are another matter: P_sample around them already
-fixes the target, and a fresh student learns TrAIL's or poisoning's devil too (stop 24). A body with no
-re-initialisable layers (an ONNX-executed upload) gets no fresh copy: the perturbed one is written.
+fixes the target, and a fresh student learns TrAIL's or poisoning's devil too (stop 24). ONNX uploads get
+a fresh copy too (their weight layers execute as torch modules; the normalisation constants of such a
+body are plain tensors and stay the upload's). A body with nothing to re-initialise gets the perturbed
+copy written, and a fresh copy that misses the fidelity bound (the bench's mode-collapsed poisoned DCGAN:
+output variance 7e-5) likewise.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any, ClassVar
 
 from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.checks.sanitization_common import (
+    SHARED_MODELS,
     behaviour_evidence,
     collect_trigger_probes,
     export_sanitized,
@@ -79,6 +86,7 @@ _COMMON: dict[str, Any] = {
     # a sanitized ReD 2.3 (its q99 ratio 44x against a 50x fail line). Costs a second distillation.
     "null_copy": True,
     "fresh_copy": True,
+    "fresh_copy_rounds": 2,
 }
 
 
@@ -241,13 +249,20 @@ class DistillationSanitization(Check):
         written: dict[str, Any] = {"copy": "perturbed", "init": out.evidence.get("init")}
         out.evidence["written_copy"] = written
         if not can_reinitialise(original):
-            written["note"] = "the upload's body has no re-initialisable layers (ONNX-executed): no fresh copy"
+            written["note"] = "the upload's body has no layers to re-initialise: no fresh copy"
             return
         if budget_s is not None and budget_s <= 0:
             written["note"] = "no time left in the check's budget for a fresh copy"
             return
         fresh = self._distill(
-            ctx, original, p, seed=ctx.config.seed, accept=accept, budget_s=budget_s, init="reinit", rounds=1
+            ctx,
+            original,
+            p,
+            seed=ctx.config.seed,
+            accept=accept,
+            budget_s=budget_s,
+            init="reinit",
+            rounds=int(p["fresh_copy_rounds"]),
         )
         if fresh.stopped_early or not accept(fresh.student):
             written["note"] = (
@@ -256,7 +271,8 @@ class DistillationSanitization(Check):
             )
             return
         artifact, problem = export_sanitized(ctx, self.name, fresh.student.eval())
-        if artifact is None:
+        if artifact is None:  # a failed export may have left a partial file under the shared name: write it again
+            export_sanitized(ctx, self.name, ctx.shared[SHARED_MODELS][self.name])
             written["note"] = f"the fresh copy could not be written ({problem}): the perturbed copy is written"
             return
         z_eval = original.latent.sample(
@@ -271,6 +287,9 @@ class DistillationSanitization(Check):
             copy="fresh",
             init=fresh.init,
             steps=fresh.steps,
+            rounds=fresh.rounds,
+            round_steps=fresh.round_steps,
+            round_notes=fresh.round_notes,
             train_seconds=fresh.seconds,
             **behaviour,
             triggers=triggers,
