@@ -3,7 +3,9 @@ itself scan clean. Tested on ReD uploaded as ONNX at an in-sample trigger (the h
 the backdoor sits inside P_sample's typical set) and at the paper's OOD trigger (far outside it, where
 distillation on P_sample supervises nothing directly: measured ×986 on the torch body, rescan clean).
 Met since the two-copies null of ob_oi.divergence and the outlier clamp of the perturbation (before:
-divergence 20-81x against 50x, a bias/norm outlier the copy inherited; .notes/sanitization.md)."""
+divergence 20-81x against 50x, a bias/norm outlier the copy inherited; .notes/sanitization.md). Since stop 26
+the written artifact is a fresh student (reinit, then one perturb-and-distill round) rather than the perturbed
+copy the detectors compare against; the ONNX uploads here get one too (their weight layers are torch modules)."""
 
 from __future__ import annotations
 
