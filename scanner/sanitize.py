@@ -102,21 +102,23 @@ def _reinitialise(module: nn.Module, seed: int) -> int:
     torch.manual_seed(seed)  # reset_parameters draws from the global RNG; make it reproducible
     count = 0
     for m in module.modules():
-        reset = getattr(m, "reset_parameters", None)
-        if callable(reset) and m is not module:
-            reset()
+        if _resettable(m, module):
+            m.reset_parameters()
             count += 1
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
     return count
 
 
+def _resettable(m: nn.Module, root: nn.Module) -> bool:
+    return m is not root and callable(getattr(m, "reset_parameters", None))
+
+
 def can_reinitialise(generator: Generator) -> bool:
     """Whether "reinit" gives a fresh student: some layer of the body below the root has
-    reset_parameters() (an ONNX-executed body has none, and make_student then perturbs instead)."""
-    return any(
-        callable(getattr(m, "reset_parameters", None)) for m in generator.body.modules() if m is not generator.body
-    )
+    reset_parameters() (the ONNX loader's bodies do: their weight layers are torch modules); otherwise
+    make_student perturbs instead."""
+    return any(_resettable(m, generator.body) for m in generator.body.modules())
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -212,8 +214,8 @@ def _perturb(module: nn.Module, relative_noise: float, generator: torch.Generato
 def make_student(teacher: Generator, init: StudentInit, *, seed: int, relative_noise: float = 0.5) -> Generator:
     """A copy of the teacher's architecture initialised for distillation (see module docstring).
 
-    "reinit" falls back to "perturb" when the body has no resettable layers (an ONNX-executed
-    body whose layers are not torch modules); the returned student's metadata says which."""
+    "reinit" falls back to "perturb" when the body has no resettable layers (can_reinitialise); the
+    returned student's metadata says which."""
     student = teacher.copy()
     used: str = init
     if init == "reinit" and _reinitialise(student.body, seed) == 0:

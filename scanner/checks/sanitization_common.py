@@ -292,6 +292,26 @@ def share_model(ctx: ScanContext, check_name: str, sanitized: Generator) -> None
     ctx.shared.setdefault(SHARED_MODEL, sanitized)
 
 
+def copy_evidence(
+    check_name: str,
+    ctx: ScanContext,
+    original: Generator,
+    sanitized: Generator,
+    *,
+    n_eval: int,
+    tolerance_factor: float,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """A sanitized copy measured against the upload: behaviour on n_eval held-out z ~ P_sample (ExpDis and
+    its tolerance, behaviour_evidence without the Distance object) and, per recovered trigger, TarDis and
+    the change ratio (trigger_evidence); plus the recovered triggers that could not be used."""
+    z_eval = original.latent.sample(n_eval, generator=ctx.rng(check_name + ".eval"), device=original.device)
+    behaviour = behaviour_evidence(original, sanitized, z_eval, tolerance_factor=tolerance_factor)
+    expdis: Distance = behaviour.pop("expdis")
+    probes, probe_problems = collect_trigger_probes(ctx, original)
+    triggers = trigger_evidence(original, sanitized, probes, expdis=expdis, rng=ctx.rng(check_name + ".triggers"))
+    return behaviour, triggers, probe_problems
+
+
 def judge_and_report(
     check: Any,
     ctx: ScanContext,
@@ -309,11 +329,9 @@ def judge_and_report(
     failed: nothing to trust); warn if it differs at a recovered trigger ≥ warn_change_ratio × as
     much as at norm-matched random latents (behaviour P_sample does not explain: a backdoor);
     pass otherwise. score = the largest change ratio over triggers (0 when there are none)."""
-    z_eval = original.latent.sample(n_eval, generator=ctx.rng(check.name + ".eval"), device=original.device)
-    behaviour = behaviour_evidence(original, sanitized, z_eval, tolerance_factor=tolerance_factor)
-    expdis: Distance = behaviour.pop("expdis")
-    probes, probe_problems = collect_trigger_probes(ctx, original)
-    triggers = trigger_evidence(original, sanitized, probes, expdis=expdis, rng=ctx.rng(check.name + ".triggers"))
+    behaviour, triggers, probe_problems = copy_evidence(
+        check.name, ctx, original, sanitized, n_eval=n_eval, tolerance_factor=tolerance_factor
+    )
     evidence: dict[str, Any] = {
         **method_evidence,
         **behaviour,

@@ -55,12 +55,10 @@ from typing import Any, ClassVar
 from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.checks.sanitization_common import (
     SHARED_MODELS,
-    behaviour_evidence,
-    collect_trigger_probes,
+    copy_evidence,
     export_sanitized,
     judge_and_report,
     share_null_model,
-    trigger_evidence,
     within_fidelity,
 )
 from scanner.generator import Generator
@@ -275,13 +273,13 @@ class DistillationSanitization(Check):
             export_sanitized(ctx, self.name, ctx.shared[SHARED_MODELS][self.name])
             written["note"] = f"the fresh copy could not be written ({problem}): the perturbed copy is written"
             return
-        z_eval = original.latent.sample(
-            int(p["n_eval"]), generator=ctx.rng(self.name + ".eval"), device=original.device
-        )
-        behaviour = behaviour_evidence(original, fresh.student, z_eval, tolerance_factor=float(p["tolerance_factor"]))
-        probes, _ = collect_trigger_probes(ctx, original)
-        triggers = trigger_evidence(
-            original, fresh.student, probes, expdis=behaviour.pop("expdis"), rng=ctx.rng(self.name + ".triggers")
+        behaviour, triggers, _ = copy_evidence(
+            self.name,
+            ctx,
+            original,
+            fresh.student,
+            n_eval=int(p["n_eval"]),
+            tolerance_factor=float(p["tolerance_factor"]),
         )
         written.update(
             copy="fresh",
