@@ -43,6 +43,8 @@ from scanner.generator import WEIGHT_LAYER_TYPES, Generator, weight_layers
 
 StudentInit = Literal["reinit", "perturb", "finetune"]
 ShouldStop = Callable[[], bool]
+# An extra training loss on the student at a step (e.g. TargetUnlearning); added to the distillation loss.
+Penalty = Callable[[Generator, int], torch.Tensor]
 
 _PER_CHANNEL_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d)
 
@@ -226,6 +228,95 @@ def make_student(teacher: Generator, init: StudentInit, *, seed: int, relative_n
     return student
 
 
+# -- unlearning known targets -------------------------------------------------------------------
+class TargetUnlearning:
+    """A distillation penalty (Penalty) that keeps the student from drawing given targets anywhere a
+    reconstruction search on it can find them.
+
+    Why: distillation on P_sample keeps whatever P_sample fixes, and around an in-sample trigger that
+    includes the target — a fresh student of the test zoo's poisoned DCGAN draws the devil at 0.96/element
+    at the trigger (upload 0.24, benign 2.8) and a hinted reconstruction reaches it at 0.80
+    (.notes/sanitization.md, "stop 27"). Once a scan has evidence that a target is planted, the copy it
+    writes out can be trained away from it: every `refresh_every` steps a batched reconstruction
+    (scanner.search.recond, `restarts` starts from P_sample, within `max_norm`) looks for latents where the
+    student draws each target; they join a bank of at most `bank_size`, and each step adds
+
+        weight × mean over a batch of the bank (each latent jittered by `jitter`) of relu(floor_t − d_t),
+
+    d_t the per-element squared distance of the student's output to target t. `floors` are per target;
+    the caller sets them below where the upload's typical samples lie, so a student that already keeps
+    its distance pays nothing. `closest` holds, per target, the least d_t the last search found.
+    """
+
+    def __init__(
+        self,
+        targets: torch.Tensor,
+        floors: torch.Tensor,
+        *,
+        max_norm: float | None,
+        weight: float = 10.0,
+        refresh_every: int = 50,
+        restarts: int = 16,
+        search_steps: int = 100,
+        bank_size: int = 256,
+        batch_size: int = 32,
+        jitter: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        if targets.shape[0] != floors.shape[0] or targets.shape[0] == 0:
+            raise ValueError("TargetUnlearning needs one floor per target and at least one target")
+        self.targets = targets.detach().float().cpu()
+        self.floors = floors.detach().float().cpu()
+        self.max_norm = max_norm
+        self.weight = weight
+        self.refresh_every = max(int(refresh_every), 1)
+        self.restarts = restarts
+        self.search_steps = search_steps
+        self.bank_size = bank_size
+        self.batch_size = batch_size
+        self.jitter = jitter
+        self.seed = seed
+        self.searches = 0
+        self.closest: list[float] = [float("nan")] * targets.shape[0]
+        self._rng = torch.Generator().manual_seed(seed)
+        self._bank_z: torch.Tensor | None = None
+        self._bank_target = torch.empty(0, dtype=torch.long)
+
+    def _search(self, student: Generator) -> None:
+        from scanner.search.recond import reconstruct  # scanner.search builds on this module's neighbours
+
+        n = self.targets.shape[0]
+        # one row per (target, restart), each with its own single start: every restart's end is kept
+        rows = self.targets.repeat_interleave(self.restarts, 0)
+        found = reconstruct(
+            student,
+            rows,
+            restarts=1,
+            steps=self.search_steps,
+            seed=self.seed + 7919 * self.searches,
+            max_norm=self.max_norm,
+        )
+        self.searches += 1
+        self.closest = [float(v) for v in found.recon_mean.reshape(n, self.restarts).min(1).values]
+        z = found.best_z.reshape(n * self.restarts, *student.latent.shape).float()
+        which = torch.arange(n).repeat_interleave(self.restarts)
+        bank_z = z if self._bank_z is None else torch.cat([self._bank_z, z])
+        self._bank_z = bank_z[-self.bank_size :]
+        self._bank_target = torch.cat([self._bank_target, which])[-self.bank_size :]
+
+    def __call__(self, student: Generator, step: int) -> torch.Tensor:
+        if self._bank_z is None or step % self.refresh_every == 0:
+            self._search(student)
+        assert self._bank_z is not None
+        pick = torch.randint(0, self._bank_z.shape[0], (self.batch_size,), generator=self._rng)
+        z = self._bank_z[pick] + self.jitter * torch.randn(self.batch_size, *student.latent.shape, generator=self._rng)
+        which = self._bank_target[pick]
+        out = student(z.to(student.device))
+        targets = self.targets[which].to(out.device, out.dtype)
+        distance = (out - targets).pow(2).flatten(1).mean(1)
+        return self.weight * torch.relu(self.floors[which].to(out.device, out.dtype) - distance).mean()
+
+
 # -- distillation -------------------------------------------------------------------------------
 @dataclass
 class DistillResult:
@@ -264,6 +355,7 @@ def distill_into(
     time_budget_s: float | None = None,
     should_stop: ShouldStop | None = None,
     after_step: Callable[[], None] | None = None,
+    penalty: Penalty | None = None,
 ) -> DistillResult:
     """Train `student` (in place; pass a copy) to match `teacher` on fresh z ~ P_sample batches.
 
@@ -293,6 +385,8 @@ def distill_into(
         with torch.no_grad():
             reference = frozen_teacher(z)
         loss = (student(z) - reference).pow(2).mean()
+        if penalty is not None:
+            loss = loss + penalty(student, step)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         last = float(loss.detach())
@@ -338,6 +432,7 @@ def distill(
     max_round_steps: int | None = None,
     time_budget_s: float | None = None,
     should_stop: ShouldStop | None = None,
+    penalty: Penalty | None = None,
 ) -> DistillResult:
     """Sanitize by distillation on P_sample (paper Sec. V): a new student, the teacher untouched.
 
@@ -382,6 +477,7 @@ def distill(
                 time_budget_s=remaining(),
                 should_stop=should_stop,
                 after_step=box,
+                penalty=penalty,
             )
             if result is None:
                 result = chunk

@@ -91,3 +91,38 @@ def test_the_written_copy_of_a_far_field_plant_is_a_fresh_student_with_a_straigh
     assert far_gain.status == "pass", far_gain.summary
     # benign DCGANs measured 1.0-1.7 at their scoring radius, the perturbed copy of this upload 1.81
     assert max(far_gain.evidence["growth_deficit_per_radius"]) <= 1.3, far_gain.evidence
+
+
+@pytest.mark.slow
+def test_the_written_copy_is_trained_away_from_a_target_that_a_failed_detector_recovered(
+    zoo, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    """In-sample poisoning: P_sample around the trigger fixes the devil, so a fresh student distilled on
+    P_sample learns it too (measured without unlearning: TarDis at the trigger 0.96/element, a hinted
+    reconstruction reaches the devil at 0.80; benign 2.27-2.8). With no hint at all, ob_oi.novelty fails the
+    upload and records where G draws its planted output; the fresh copy written out is trained away from that
+    output wherever a reconstruction search on it finds it (scanner.sanitize.TargetUnlearning)."""
+    from scanner.checks.ob_oi_novelty import NoveltyCheck
+    from scanner.search.common import typical_radius
+    from scanner.search.recond import reconstruct
+
+    attack = zoo.attacked("poison", "in-sample", seed=0)
+    config = ScanConfig(profile="quick", seed=0, params=SANITIZATION_NO_TIME_CAP)
+    ctx = ScanContext(attack.generator, [], config, tmp_path)
+    novelty = NoveltyCheck().run(ctx)
+    ctx.results[novelty.name] = novelty
+    assert novelty.status == "fail", novelty.summary  # the detector that found the plant, with no hint
+    result = DistillationSanitization().run(ctx)
+    written = result.evidence["written_copy"]
+    assert written["copy"] == "fresh" and written["converged"], written
+    assert [row["source"] for row in written["unlearned"]] == ["ob_oi.novelty"], written
+    copy = load_generator(tmp_path / result.evidence["model_artifact"])
+
+    with torch.no_grad():
+        samples = attack.generator.eval()(attack.generator.sample_latent(512, seed=1))
+    typical = float((samples - devil_target.reshape(1, *samples.shape[1:])).flatten(1).pow(2).mean(1).median())
+    found = reconstruct(copy, devil_target, restarts=16, steps=200, seed=11, max_norm=typical_radius(copy.latent))
+    # the devil is no nearer to the copy than half the upload's typical distance from it (the floor it was
+    # trained to), at the attacker's trigger or wherever a hinted search looks
+    assert float(found.recon_mean[0]) >= 0.5 * typical, (float(found.recon_mean[0]), typical)
+    assert target_distance(copy, attack.trigger, attack.target).mean >= 0.5 * typical

@@ -29,6 +29,14 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   TarDis in evidence["written_copy"]. Why a second round: training from scratch can grow a unit out of its
   layer's bulk, and the perturbation pulls it back in (the bench's ReX OOD body: one round left a log
   weight norm at robust z 6.08 and static.bias_outliers warned on the written copy; two rounds 3.27).
+- unlearn (with unlearn_floor, unlearn_weight, unlearn_every, unlearn_restarts, unlearn_steps,
+  unlearn_max_targets): the fresh copy is also trained away from each target a *failed* detector tied to
+  a recovered trigger (the hint's image, or the upload's output at the recovered z* when the detector had
+  no hint: ob_oi.novelty, bf_oi.outliers), up to unlearn_max_targets of them
+  (scanner.sanitize.TargetUnlearning): every unlearn_every steps a reconstruction search on the student
+  (unlearn_restarts × unlearn_steps) finds where it draws each target, and a hinge keeps its outputs there
+  at least unlearn_floor × the median distance of the upload's samples from the target. evidence
+  ["written_copy"]["unlearned"] lists them with that floor and the closest the last search found.
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
@@ -40,7 +48,11 @@ perturbation leaves the weights that shaped it. A fresh student never saw those 
 steps on P_sample bring it within the bound (ExpDis 0.08× the output variance) with TarDis at the trigger
 3.31 (upload 0.019) and a far field as straight as a benign model's (far_gain 1.71, deficit ≤ 1.0;
 .notes/sanitization.md, "stop 26"). In-sample triggers are another matter: P_sample around them already
-fixes the target, and a fresh student learns TrAIL's or poisoning's devil too (stop 24). ONNX uploads get
+fixes the target, and a fresh student learns poisoning's devil too (the test zoo's: 0.83/element at the
+trigger, a hinted reconstruction reaches it at 0.70; benign 2.3-2.8). What the scan has recovered it can
+unlearn: with the upload's output at ob_oi.novelty's z* as the target (no hint given), the written copy
+draws the devil no nearer than 2.1 at the trigger or anywhere a hinted reconstruction looks, and rescans
+clean (.notes/sanitization.md, "stop 27"). ONNX uploads get
 a fresh copy too (their weight layers execute as torch modules; the normalisation constants of such a
 body are plain tensors and stay the upload's). A body with nothing to re-initialise gets the perturbed
 copy written, and a fresh copy that misses the fidelity bound (the bench's mode-collapsed poisoned DCGAN:
@@ -52,8 +64,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import torch
+
 from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.checks.sanitization_common import (
+    RECOVERED_TRIGGERS,
     SHARED_MODELS,
     copy_evidence,
     export_sanitized,
@@ -62,7 +77,8 @@ from scanner.checks.sanitization_common import (
     within_fidelity,
 )
 from scanner.generator import Generator
-from scanner.sanitize import DistillResult, StudentInit, can_reinitialise, distill
+from scanner.sanitize import DistillResult, Penalty, StudentInit, TargetUnlearning, can_reinitialise, distill
+from scanner.search.common import typical_radius
 
 NULL_SEED_OFFSET = 7919  # the null copy's seed: the scan's seed + this (any other seed would do)
 
@@ -85,6 +101,17 @@ _COMMON: dict[str, Any] = {
     "null_copy": True,
     "fresh_copy": True,
     "fresh_copy_rounds": 2,
+    # Unlearning in the fresh copy (scanner.sanitize.TargetUnlearning): targets that a failed detector
+    # tied to a recovered trigger. Measured on the test zoo's poisoned DCGAN (devil hint): the fresh
+    # copy's hinted ReconD 0.80 -> 1.64/element (benign 2.27), TarDis at the trigger 0.96 -> 1.83 (upload
+    # 0.24), ExpDis unchanged (0.077 -> 0.073 x output variance); .notes/sanitization.md "stop 27".
+    "unlearn": True,
+    "unlearn_floor": 0.5,  # × the median distance of the upload's samples to the target
+    "unlearn_weight": 10.0,
+    "unlearn_every": 50,
+    "unlearn_restarts": 16,
+    "unlearn_steps": 100,
+    "unlearn_max_targets": 4,
 }
 
 
@@ -93,8 +120,9 @@ class DistillationSanitization(Check):
     name = "sanitization.distillation"
     description = "Distill the model into a perturbed/fresh copy on P_sample only; compare at recovered triggers"
     needed_for_clean = False  # a defense: its failure leaves the detectors' verdict standing
-    # recovered triggers come from OB-OI reconstruction; the sanitized model feeds ob_oi divergence
-    requires = ("ob_oi.reconstruction",)
+    # recovered triggers come from OB-OI reconstruction and novelty (the fresh copy unlearns what a failed
+    # detector recovered); the sanitized model feeds ob_oi divergence
+    requires = ("ob_oi.reconstruction", "ob_oi.novelty")
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         # per round; the budget covers every round (a round it cuts short is dropped, the last whole one kept)
         "quick": {
@@ -188,6 +216,7 @@ class DistillationSanitization(Check):
         budget_s: float | None,
         init: StudentInit | None = None,
         rounds: int | None = None,
+        penalty: Penalty | None = None,
     ) -> DistillResult:
         return distill(
             original,
@@ -203,6 +232,7 @@ class DistillationSanitization(Check):
             accept_round=accept,
             time_budget_s=budget_s,
             should_stop=ctx.should_cancel,
+            penalty=penalty,
         )
 
     def _null_copy(
@@ -252,6 +282,7 @@ class DistillationSanitization(Check):
         if budget_s is not None and budget_s <= 0:
             written["note"] = "no time left in the check's budget for a fresh copy"
             return
+        unlearning, unlearned = self._unlearning(ctx, original, p) if p["unlearn"] else (None, [])
         fresh = self._distill(
             ctx,
             original,
@@ -261,7 +292,12 @@ class DistillationSanitization(Check):
             budget_s=budget_s,
             init="reinit",
             rounds=int(p["fresh_copy_rounds"]),
+            penalty=unlearning,
         )
+        if unlearning is not None:
+            for row, closest in zip(unlearned, unlearning.closest, strict=True):
+                row["closest_found_mean"] = closest  # the last search on the student, before its last steps
+            written["unlearned"] = unlearned
         if fresh.stopped_early or not accept(fresh.student):
             written["note"] = (
                 f"the fresh copy did not meet the fidelity bound in {fresh.steps} steps"
@@ -293,9 +329,59 @@ class DistillationSanitization(Check):
             triggers=triggers,
         )
         out.artifacts = [a for a in out.artifacts if a.name != artifact.name] + [artifact]
+        unlearnt = f", kept from {len(unlearned)} recovered target(s)" if unlearned else ""
         out.evidence["model_artifact"] = artifact.name
         ratios = [t["tardis_ratio"] for t in triggers if "tardis_ratio" in t]
         tardis = f", TarDis at recovered triggers ×{min(ratios):.3g} or more" if ratios else ""
         out.summary += (
-            f"; written: a fresh student (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis})"
+            f"; written: a fresh student (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt})"
         )
+
+    def _unlearning(
+        self, ctx: ScanContext, original: Generator, p: dict[str, Any]
+    ) -> tuple[TargetUnlearning | None, list[dict[str, Any]]]:
+        """The penalty that keeps the fresh copy from the targets failed detectors recovered, and what it
+        unlearns: a hint's image where the trigger was found for a hint, else the upload's output at the
+        recovered z*. Only a detector that failed counts: a passing one records its best find on benign
+        models too (a digit a benign model draws well is not to be unlearned)."""
+        hints = {t.name: t.tensor for t in ctx.targets}
+        rows: list[dict[str, Any]] = []
+        images: list[torch.Tensor] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(ctx.shared.get(RECOVERED_TRIGGERS) or []):
+            if len(images) >= int(p["unlearn_max_targets"]):
+                break
+            source = str(entry.get("source", "")) if isinstance(entry, dict) else ""
+            result = ctx.results.get(source)
+            if result is None or result.status != "fail":
+                continue
+            hint = entry.get("target")
+            image = hints.get(hint) if isinstance(hint, str) else entry.get("output")
+            key = f"hint:{hint}" if isinstance(hint, str) else f"{source}#{i}"
+            if not isinstance(image, torch.Tensor) or image.numel() != original.output.numel or key in seen:
+                continue
+            if not bool(torch.isfinite(image).all()):
+                continue
+            seen.add(key)
+            images.append(image.reshape(original.output.shape).float().cpu())
+            rows.append({"source": source, "target": hint if isinstance(hint, str) else "the upload's output at z*"})
+        if not images:
+            return None, []
+        targets = torch.stack(images)
+        z = original.latent.sample(int(p["n_eval"]), generator=ctx.rng(self.name + ".unlearn"), device=original.device)
+        samples = original.generate(z).float().cpu().flatten(1)
+        typical = torch.cdist(targets.flatten(1), samples).pow(2).div(original.output.numel).median(1).values
+        floors = float(p["unlearn_floor"]) * typical
+        for row, level, floor in zip(rows, typical, floors, strict=True):
+            row.update(samples_median_mean=float(level), floor_mean=float(floor))
+        penalty = TargetUnlearning(
+            targets,
+            floors,
+            max_norm=typical_radius(original.latent),
+            weight=float(p["unlearn_weight"]),
+            refresh_every=int(p["unlearn_every"]),
+            restarts=int(p["unlearn_restarts"]),
+            search_steps=int(p["unlearn_steps"]),
+            seed=ctx.config.seed,
+        )
+        return penalty, rows
