@@ -36,7 +36,9 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   (scanner.sanitize.TargetUnlearning): every unlearn_every steps a reconstruction search on the student
   (unlearn_restarts × unlearn_steps) finds where it draws each target, and a hinge keeps its outputs there
   at least unlearn_floor × the median distance of the upload's samples from the target. evidence
-  ["written_copy"]["unlearned"] lists them with that floor and the closest the last search found.
+  ["written_copy"]["unlearned"] lists them with that floor and the closest the last search found. Keeping
+  away from a target the upload draws over part of P_sample costs fidelity: the fresh copy's round 1 may
+  then train on to unlearn_steps_factor × max_round_steps.
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
@@ -112,6 +114,10 @@ _COMMON: dict[str, Any] = {
     "unlearn_restarts": 16,
     "unlearn_steps": 100,
     "unlearn_max_targets": 4,
+    # the fresh copy's round-1 cap (max_round_steps) is this many times larger when it unlearns: a target
+    # the upload draws over part of P_sample costs fidelity to keep away from (the bench's TrAIL in-sample
+    # met the bound after 3300 steps, the quick cap 1800 left the perturbed copy written)
+    "unlearn_steps_factor": 2,
 }
 
 
@@ -217,6 +223,7 @@ class DistillationSanitization(Check):
         init: StudentInit | None = None,
         rounds: int | None = None,
         penalty: Penalty | None = None,
+        steps_factor: int = 1,
     ) -> DistillResult:
         return distill(
             original,
@@ -228,7 +235,7 @@ class DistillationSanitization(Check):
             relative_noise=float(p["relative_noise"]),
             rounds=int(p["rounds"]) if rounds is None else rounds,
             # a cap below `steps` (steps raised alone) means "no extension", not an error
-            max_round_steps=max(int(p["max_round_steps"]), int(p["steps"])),
+            max_round_steps=max(int(p["max_round_steps"]) * steps_factor, int(p["steps"])),
             accept_round=accept,
             time_budget_s=budget_s,
             should_stop=ctx.should_cancel,
@@ -293,6 +300,7 @@ class DistillationSanitization(Check):
             init="reinit",
             rounds=int(p["fresh_copy_rounds"]),
             penalty=unlearning,
+            steps_factor=1 if unlearning is None else int(p["unlearn_steps_factor"]),
         )
         if unlearning is not None:
             for row, closest in zip(unlearned, unlearning.closest, strict=True):
