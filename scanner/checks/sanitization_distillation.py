@@ -104,9 +104,11 @@ _COMMON: dict[str, Any] = {
     "fresh_copy": True,
     "fresh_copy_rounds": 2,
     # Unlearning in the fresh copy (scanner.sanitize.TargetUnlearning): targets that a failed detector
-    # tied to a recovered trigger. Measured on the test zoo's poisoned DCGAN (devil hint): the fresh
-    # copy's hinted ReconD 0.80 -> 1.64/element (benign 2.27), TarDis at the trigger 0.96 -> 1.83 (upload
-    # 0.24), ExpDis unchanged (0.077 -> 0.073 x output variance); .notes/sanitization.md "stop 27".
+    # tied to a recovered trigger. Measured with no hint (novelty's output at z* as the target), the fresh
+    # copy without -> with: test zoo poisoning in-sample TarDis at the trigger 0.83 -> 2.12/element (upload
+    # 0.24), hinted ReconD 0.70 -> 2.11 (benign 2.27); bench TrAIL in-sample 0.44 -> 1.83 (upload 0.025),
+    # ReconD 0.23 -> 1.53 (benign 1.35); ExpDis 0.06-0.08 x output variance either way (.notes/sanitization.md
+    # "stop 27").
     "unlearn": True,
     "unlearn_floor": 0.5,  # × the median distance of the upload's samples to the target
     "unlearn_weight": 10.0,
