@@ -21,6 +21,10 @@ checked). Sanitization keeps exactly that and nothing else:
   that are dormant on P_sample (a ReX attack's extra units, sleeper neurons) are pruned, then
   the pruned model is fine-tuned with the same distillation loss.
 
+- **Unlearning** (`TargetUnlearning`, a `penalty` for `distill`): where a scan has recovered a planted
+  target, the student is also kept from drawing it wherever a reconstruction search on the student finds
+  it — P_sample alone supervises an in-sample trigger's target back into any student.
+
 Metrics follow the paper (Sec. IV): ExpDis = E_z ||G_s(z) − G*(z)||² over P_sample and
 TarDis = ||G(z_trig) − x_target||². Both are returned as a sum over output elements and as a
 per-element mean (`*_sum`, `*_mean`). The caller's model is never modified (`Generator.copy()`).
