@@ -44,6 +44,7 @@ from torch import nn
 
 from scanner.analysis.robust import MIN_UNITS, robust_location_scale
 from scanner.generator import WEIGHT_LAYER_TYPES, Generator, weight_layers
+from scanner.search.recond import reconstruct
 
 StudentInit = Literal["reinit", "perturb", "finetune"]
 ShouldStop = Callable[[], bool]
@@ -287,8 +288,6 @@ class TargetUnlearning:
         self._bank_target = torch.empty(0, dtype=torch.long)
 
     def _search(self, student: Generator) -> None:
-        from scanner.search.recond import reconstruct  # scanner.search builds on this module's neighbours
-
         n = self.targets.shape[0]
         # one row per (target, restart), each with its own single start: every restart's end is kept
         rows = self.targets.repeat_interleave(self.restarts, 0)
