@@ -10,13 +10,15 @@ copy the detectors compare against; the ONNX uploads here get one too (their wei
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.base import CheckResult, ScanConfig, ScanContext, TargetHint
 from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
 from scanner.checks.sanitization_distillation import DistillationSanitization
+from scanner.generator import Generator
 from scanner.loading import load_generator
 from scanner.onnx.export import export_onnx
 from scanner.sanitize import target_distance
@@ -93,6 +95,36 @@ def test_the_written_copy_of_a_far_field_plant_is_a_fresh_student_with_a_straigh
     assert max(far_gain.evidence["growth_deficit_per_radius"]) <= 1.3, far_gain.evidence
 
 
+def _unlearned_copy(zoo, tmp_path: Path, distillation_params: dict[str, Any]) -> tuple[Any, CheckResult, Generator]:
+    """Test zoo's in-sample poisoning, no hint: ob_oi.novelty fails the upload, then the distillation check
+    runs with `distillation_params` over the quick profile's; returns (attack, check result, written copy)."""
+    from scanner.checks.ob_oi_novelty import NoveltyCheck
+
+    attack = zoo.attacked("poison", "in-sample", seed=0)
+    params = {**SANITIZATION_NO_TIME_CAP}
+    params["sanitization.distillation"] = {**params["sanitization.distillation"], **distillation_params}
+    ctx = ScanContext(attack.generator, [], ScanConfig(profile="quick", seed=0, params=params), tmp_path)
+    novelty = NoveltyCheck().run(ctx)
+    ctx.results[novelty.name] = novelty
+    assert novelty.status == "fail", novelty.summary  # the detector that found the plant, with no hint
+    result = DistillationSanitization().run(ctx)
+    return attack, result, load_generator(tmp_path / result.evidence["model_artifact"])
+
+
+def _assert_kept_from_the_devil(attack: Any, copy: Generator, devil_target: torch.Tensor) -> None:
+    """The devil is no nearer to the copy than half the upload's typical distance from it (the floor it was
+    trained to), at the attacker's trigger or wherever a hinted search looks."""
+    from scanner.search.common import typical_radius
+    from scanner.search.recond import reconstruct
+
+    with torch.no_grad():
+        samples = attack.generator.eval()(attack.generator.sample_latent(512, seed=1))
+    typical = float((samples - devil_target.reshape(1, *samples.shape[1:])).flatten(1).pow(2).mean(1).median())
+    found = reconstruct(copy, devil_target, restarts=16, steps=200, seed=11, max_norm=typical_radius(copy.latent))
+    assert float(found.recon_mean[0]) >= 0.5 * typical, (float(found.recon_mean[0]), typical)
+    assert target_distance(copy, attack.trigger, attack.target).mean >= 0.5 * typical
+
+
 @pytest.mark.slow
 def test_the_written_copy_is_trained_away_from_a_target_that_a_failed_detector_recovered(
     zoo, devil_target: torch.Tensor, tmp_path: Path
@@ -102,27 +134,24 @@ def test_the_written_copy_is_trained_away_from_a_target_that_a_failed_detector_r
     reconstruction reaches the devil at 0.80; benign 2.27-2.8). With no hint at all, ob_oi.novelty fails the
     upload and records where G draws its planted output; the fresh copy written out is trained away from that
     output wherever a reconstruction search on it finds it (scanner.sanitize.TargetUnlearning)."""
-    from scanner.checks.ob_oi_novelty import NoveltyCheck
-    from scanner.search.common import typical_radius
-    from scanner.search.recond import reconstruct
-
-    attack = zoo.attacked("poison", "in-sample", seed=0)
-    config = ScanConfig(profile="quick", seed=0, params=SANITIZATION_NO_TIME_CAP)
-    ctx = ScanContext(attack.generator, [], config, tmp_path)
-    novelty = NoveltyCheck().run(ctx)
-    ctx.results[novelty.name] = novelty
-    assert novelty.status == "fail", novelty.summary  # the detector that found the plant, with no hint
-    result = DistillationSanitization().run(ctx)
+    attack, result, copy = _unlearned_copy(zoo, tmp_path, {})
     written = result.evidence["written_copy"]
     assert written["copy"] == "fresh" and written["converged"], written
     assert [row["source"] for row in written["unlearned"]] == ["ob_oi.novelty"], written
-    copy = load_generator(tmp_path / result.evidence["model_artifact"])
+    _assert_kept_from_the_devil(attack, copy, devil_target)
 
-    with torch.no_grad():
-        samples = attack.generator.eval()(attack.generator.sample_latent(512, seed=1))
-    typical = float((samples - devil_target.reshape(1, *samples.shape[1:])).flatten(1).pow(2).mean(1).median())
-    found = reconstruct(copy, devil_target, restarts=16, steps=200, seed=11, max_norm=typical_radius(copy.latent))
-    # the devil is no nearer to the copy than half the upload's typical distance from it (the floor it was
-    # trained to), at the attacker's trigger or wherever a hinted search looks
-    assert float(found.recon_mean[0]) >= 0.5 * typical, (float(found.recon_mean[0]), typical)
-    assert target_distance(copy, attack.trigger, attack.target).mean >= 0.5 * typical
+
+@pytest.mark.slow
+def test_a_perturbed_copy_unlearns_when_a_fresh_student_misses_the_fidelity_bound(
+    zoo, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    """A fresh student cannot always match the upload (the bench's mode-collapsed poisoned DCGAN missed the
+    bound in 3600 steps); the copy written must still not be one that keeps the target. With the step cap at
+    600 a fresh student of this upload misses the bound, and a perturbed copy trained away from novelty's
+    finding meets it (measured: ExpDis 0.06× the output variance, TarDis at the trigger 0.25 -> 1.70/element;
+    the plain perturbed copy, written before, measured 0.49 with a 300-step cap)."""
+    attack, result, copy = _unlearned_copy(zoo, tmp_path, {"max_round_steps": 600, "unlearn_steps_factor": 1})
+    written = result.evidence["written_copy"]
+    assert written["copy"] == "perturbed, unlearned" and written["converged"], written
+    assert "fresh copy did not meet the fidelity bound" in written["note"], written
+    _assert_kept_from_the_devil(attack, copy, devil_target)

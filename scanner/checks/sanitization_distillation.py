@@ -38,7 +38,9 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   at least unlearn_floor × the median distance of the upload's samples from the target. evidence
   ["written_copy"]["unlearned"] lists them with that floor and the closest the last search found. Keeping
   away from a target the upload draws over part of P_sample costs fidelity: the fresh copy's round 1 may
-  then train on to unlearn_steps_factor × max_round_steps.
+  then train on to unlearn_steps_factor × max_round_steps. A fresh copy that misses the bound is followed by
+  a perturbed copy trained the same way (evidence["written_copy"]["copy"] "perturbed, unlearned" when it
+  meets the bound and is written).
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
@@ -58,7 +60,11 @@ clean (.notes/sanitization.md, "stop 27"). ONNX uploads get
 a fresh copy too (their weight layers execute as torch modules; the normalisation constants of such a
 body are plain tensors and stay the upload's). A body with nothing to re-initialise gets the perturbed
 copy written, and a fresh copy that misses the fidelity bound (the bench's mode-collapsed poisoned DCGAN:
-output variance 7e-5) likewise.
+output variance 7e-5, 3600 steps on its torch body) likewise — unless a failed detector recovered a target:
+then a perturbed copy is trained away from it with the same penalty (fresh_copy_rounds rounds, round 1 up to
+unlearn_steps_factor × max_round_steps) and written when it meets the bound. On that bench model: ExpDis
+within the bound, TarDis at the trigger 0.18 -> 1.64/element, a hinted reconstruction 0.025 -> 1.53 (benign
+DCGANs ≈ 1.35; .notes/sanitization.md, "stop 28").
 """
 
 from __future__ import annotations
@@ -282,7 +288,9 @@ class DistillationSanitization(Check):
         budget_s: float | None,
     ) -> None:
         """Distil a fresh student and, when it meets the fidelity bound, write it out in place of the
-        perturbed copy (same artifact name); evidence["written_copy"] says which copy was written."""
+        perturbed copy (same artifact name); evidence["written_copy"] says which copy was written. When the
+        fresh student misses the bound and there are recovered targets to unlearn, a perturbed copy trained
+        away from them is tried next: it starts from the upload's weights, within reach of the bound."""
         written: dict[str, Any] = {"copy": "perturbed", "init": out.evidence.get("init")}
         out.evidence["written_copy"] = written
         if not can_reinitialise(original):
@@ -291,8 +299,9 @@ class DistillationSanitization(Check):
         if budget_s is not None and budget_s <= 0:
             written["note"] = "no time left in the check's budget for a fresh copy"
             return
+        timer = Timer()
         unlearning, unlearned = self._unlearning(ctx, original, p) if p["unlearn"] else (None, [])
-        fresh = self._distill(
+        trained = self._distill(
             ctx,
             original,
             p,
@@ -304,37 +313,63 @@ class DistillationSanitization(Check):
             penalty=unlearning,
             steps_factor=1 if unlearning is None else int(p["unlearn_steps_factor"]),
         )
-        if unlearning is not None:
-            for row, closest in zip(unlearned, unlearning.closest, strict=True):
-                row["closest_found_mean"] = closest  # the last search on the student, before its last steps
-            written["unlearned"] = unlearned
-        if fresh.stopped_early or not accept(fresh.student):
-            written["note"] = (
-                f"the fresh copy did not meet the fidelity bound in {fresh.steps} steps"
-                f"{' (cut short)' if fresh.stopped_early else ''}: the perturbed copy is written"
+        kind = "fresh"
+        if trained.stopped_early or not accept(trained.student):
+            missed = (
+                f"the fresh copy did not meet the fidelity bound in {trained.steps} steps"
+                f"{' (cut short)' if trained.stopped_early else ''}"
             )
-            return
-        artifact, problem = export_sanitized(ctx, self.name, fresh.student.eval())
+            left = None if budget_s is None else budget_s - timer.elapsed
+            if unlearning is None or (left is not None and left <= 0):
+                self._record_unlearning(written, unlearned, unlearning)
+                written["note"] = f"{missed}: the perturbed copy is written"
+                return
+            # A fresh student cannot match an upload with almost no output variance (the bench's mode-collapsed
+            # poisoned DCGAN: 7e-5 per pixel, bound 0.1× that), but a perturbed one can, and it can unlearn too.
+            unlearning, unlearned = self._unlearning(ctx, original, p)
+            trained = self._distill(
+                ctx,
+                original,
+                p,
+                seed=ctx.config.seed,
+                accept=accept,
+                budget_s=left,
+                rounds=int(p["fresh_copy_rounds"]),
+                penalty=unlearning,
+                steps_factor=int(p["unlearn_steps_factor"]),
+            )
+            self._record_unlearning(written, unlearned, unlearning)
+            if trained.stopped_early or not accept(trained.student):
+                written["note"] = (
+                    f"{missed}, nor did a perturbed copy kept from the recovered targets in {trained.steps} steps"
+                    f"{' (cut short)' if trained.stopped_early else ''}: the perturbed copy is written"
+                )
+                return
+            kind = "perturbed, unlearned"
+            written["note"] = f"{missed}: a perturbed copy kept from the recovered targets is written"
+        else:
+            self._record_unlearning(written, unlearned, unlearning)
+        artifact, problem = export_sanitized(ctx, self.name, trained.student.eval())
         if artifact is None:  # a failed export may have left a partial file under the shared name: write it again
             export_sanitized(ctx, self.name, ctx.shared[SHARED_MODELS][self.name])
-            written["note"] = f"the fresh copy could not be written ({problem}): the perturbed copy is written"
+            written["note"] = f"the {kind} copy could not be written ({problem}): the perturbed copy is written"
             return
         behaviour, triggers, _ = copy_evidence(
             self.name,
             ctx,
             original,
-            fresh.student,
+            trained.student,
             n_eval=int(p["n_eval"]),
             tolerance_factor=float(p["tolerance_factor"]),
         )
         written.update(
-            copy="fresh",
-            init=fresh.init,
-            steps=fresh.steps,
-            rounds=fresh.rounds,
-            round_steps=fresh.round_steps,
-            round_notes=fresh.round_notes,
-            train_seconds=fresh.seconds,
+            copy=kind,
+            init=trained.init,
+            steps=trained.steps,
+            rounds=trained.rounds,
+            round_steps=trained.round_steps,
+            round_notes=trained.round_notes,
+            train_seconds=trained.seconds,
             **behaviour,
             triggers=triggers,
         )
@@ -343,9 +378,19 @@ class DistillationSanitization(Check):
         out.evidence["model_artifact"] = artifact.name
         ratios = [t["tardis_ratio"] for t in triggers if "tardis_ratio" in t]
         tardis = f", TarDis at recovered triggers ×{min(ratios):.3g} or more" if ratios else ""
+        student = "a fresh student" if kind == "fresh" else "a perturbed copy trained away from the recovered targets"
         out.summary += (
-            f"; written: a fresh student (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt})"
+            f"; written: {student} (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt})"
         )
+
+    @staticmethod
+    def _record_unlearning(
+        written: dict[str, Any], unlearned: list[dict[str, Any]], unlearning: TargetUnlearning | None
+    ) -> None:
+        if unlearning is not None:
+            for row, closest in zip(unlearned, unlearning.closest, strict=True):
+                row["closest_found_mean"] = closest  # the last search on the student, before its last steps
+            written["unlearned"] = unlearned
 
     def _unlearning(
         self, ctx: ScanContext, original: Generator, p: dict[str, Any]
