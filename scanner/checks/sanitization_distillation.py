@@ -301,24 +301,10 @@ class DistillationSanitization(Check):
             return
         timer = Timer()
         unlearning, unlearned = self._unlearning(ctx, original, p) if p["unlearn"] else (None, [])
-        trained = self._distill(
-            ctx,
-            original,
-            p,
-            seed=ctx.config.seed,
-            accept=accept,
-            budget_s=budget_s,
-            init="reinit",
-            rounds=int(p["fresh_copy_rounds"]),
-            penalty=unlearning,
-            steps_factor=1 if unlearning is None else int(p["unlearn_steps_factor"]),
-        )
+        trained = self._candidate(ctx, original, p, init="reinit", penalty=unlearning, accept=accept, budget_s=budget_s)
         kind = "fresh"
         if trained.stopped_early or not accept(trained.student):
-            missed = (
-                f"the fresh copy did not meet the fidelity bound in {trained.steps} steps"
-                f"{' (cut short)' if trained.stopped_early else ''}"
-            )
+            missed = f"the fresh copy did not meet the fidelity bound in {_steps_run(trained)}"
             left = None if budget_s is None else budget_s - timer.elapsed
             if unlearning is None or (left is not None and left <= 0):
                 self._record_unlearning(written, unlearned, unlearning)
@@ -327,22 +313,14 @@ class DistillationSanitization(Check):
             # A fresh student cannot match an upload with almost no output variance (the bench's mode-collapsed
             # poisoned DCGAN: 7e-5 per pixel, bound 0.1× that), but a perturbed one can, and it can unlearn too.
             unlearning, unlearned = self._unlearning(ctx, original, p)
-            trained = self._distill(
-                ctx,
-                original,
-                p,
-                seed=ctx.config.seed,
-                accept=accept,
-                budget_s=left,
-                rounds=int(p["fresh_copy_rounds"]),
-                penalty=unlearning,
-                steps_factor=int(p["unlearn_steps_factor"]),
+            trained = self._candidate(
+                ctx, original, p, init="perturb", penalty=unlearning, accept=accept, budget_s=left
             )
             self._record_unlearning(written, unlearned, unlearning)
             if trained.stopped_early or not accept(trained.student):
                 written["note"] = (
-                    f"{missed}, nor did a perturbed copy kept from the recovered targets in {trained.steps} steps"
-                    f"{' (cut short)' if trained.stopped_early else ''}: the perturbed copy is written"
+                    f"{missed}, nor did a perturbed copy kept from the recovered targets in {_steps_run(trained)}:"
+                    " the perturbed copy is written"
                 )
                 return
             kind = "perturbed, unlearned"
@@ -381,6 +359,31 @@ class DistillationSanitization(Check):
         student = "a fresh student" if kind == "fresh" else "a perturbed copy trained away from the recovered targets"
         out.summary += (
             f"; written: {student} (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt})"
+        )
+
+    def _candidate(
+        self,
+        ctx: ScanContext,
+        original: Generator,
+        p: dict[str, Any],
+        *,
+        init: StudentInit,
+        penalty: TargetUnlearning | None,
+        accept: Callable[[Generator], bool],
+        budget_s: float | None,
+    ) -> DistillResult:
+        """A copy to write out: fresh_copy_rounds rounds from `init`; round 1 may train longer when it unlearns."""
+        return self._distill(
+            ctx,
+            original,
+            p,
+            seed=ctx.config.seed,
+            accept=accept,
+            budget_s=budget_s,
+            init=init,
+            rounds=int(p["fresh_copy_rounds"]),
+            penalty=penalty,
+            steps_factor=1 if penalty is None else int(p["unlearn_steps_factor"]),
         )
 
     @staticmethod
@@ -440,3 +443,7 @@ class DistillationSanitization(Check):
             seed=ctx.config.seed,
         )
         return penalty, rows
+
+
+def _steps_run(result: DistillResult) -> str:
+    return f"{result.steps} steps{' (cut short)' if result.stopped_early else ''}"
