@@ -287,6 +287,22 @@ class TargetUnlearning:
         self._bank_z: torch.Tensor | None = None
         self._bank_target = torch.empty(0, dtype=torch.long)
 
+    def restarted(self) -> TargetUnlearning:
+        """The same penalty (targets, floors, settings) with nothing found yet: for another student."""
+        return TargetUnlearning(
+            self.targets,
+            self.floors,
+            max_norm=self.max_norm,
+            weight=self.weight,
+            refresh_every=self.refresh_every,
+            restarts=self.restarts,
+            search_steps=self.search_steps,
+            bank_size=self.bank_size,
+            batch_size=self.batch_size,
+            jitter=self.jitter,
+            seed=self.seed,
+        )
+
     def _search(self, student: Generator) -> None:
         n = self.targets.shape[0]
         # one row per (target, restart), each with its own single start: every restart's end is kept

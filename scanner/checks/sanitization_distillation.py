@@ -312,7 +312,7 @@ class DistillationSanitization(Check):
                 return
             # A fresh student cannot match an upload with almost no output variance (the bench's mode-collapsed
             # poisoned DCGAN: 7e-5 per pixel, bound 0.1× that), but a perturbed one can, and it can unlearn too.
-            unlearning, unlearned = self._unlearning(ctx, original, p)
+            unlearning = unlearning.restarted()  # same targets and floors, a bank of its own
             trained = self._candidate(
                 ctx, original, p, init="perturb", penalty=unlearning, accept=accept, budget_s=left
             )
