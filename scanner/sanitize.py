@@ -32,6 +32,7 @@ per-element mean (`*_sum`, `*_mean`). The caller's model is never modified (`Gen
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -281,27 +282,21 @@ class TargetUnlearning:
         self.batch_size = batch_size
         self.jitter = jitter
         self.seed = seed
+        self._reset()
+
+    def _reset(self) -> None:
+        """Nothing searched or banked yet."""
         self.searches = 0
-        self.closest: list[float] = [float("nan")] * targets.shape[0]
-        self._rng = torch.Generator().manual_seed(seed)
+        self.closest: list[float] = [float("nan")] * self.targets.shape[0]
+        self._rng = torch.Generator().manual_seed(self.seed)
         self._bank_z: torch.Tensor | None = None
         self._bank_target = torch.empty(0, dtype=torch.long)
 
     def restarted(self) -> TargetUnlearning:
         """The same penalty (targets, floors, settings) with nothing found yet: for another student."""
-        return TargetUnlearning(
-            self.targets,
-            self.floors,
-            max_norm=self.max_norm,
-            weight=self.weight,
-            refresh_every=self.refresh_every,
-            restarts=self.restarts,
-            search_steps=self.search_steps,
-            bank_size=self.bank_size,
-            batch_size=self.batch_size,
-            jitter=self.jitter,
-            seed=self.seed,
-        )
+        other = copy.copy(self)
+        other._reset()
+        return other
 
     def _search(self, student: Generator) -> None:
         n = self.targets.shape[0]
