@@ -10,6 +10,8 @@ import torch
 
 Distribution = Literal["normal", "uniform"]
 OutputKind = Literal["image", "audio"]
+# Output levels of the format a generator's output is delivered in: 8-bit images, 16-bit PCM audio.
+DELIVERED_LEVELS: dict[str, int] = {"image": 255, "audio": 65535}
 FinalActivation = Literal["tanh", "sigmoid", "none"]
 
 
@@ -88,6 +90,13 @@ class OutputSpec:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def level(self) -> float:
+        """One delivered output level in model units ((high - low) / 255 for images): differences
+        below it vanish once an output is written as an 8-bit image or 16-bit PCM."""
+        low, high = self.value_range
+        return (high - low) / DELIVERED_LEVELS.get(self.kind, DELIVERED_LEVELS["audio"])
 
     def to_dict(self) -> dict:
         return {

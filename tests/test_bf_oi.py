@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from scanner.attacks.bypass import bypass_attack
 from scanner.checks.base import ScanConfig, ScanContext, TargetHint
@@ -15,6 +16,7 @@ from scanner.checks.bf_oi_closest import ClosestNCheck
 from scanner.checks.bf_oi_outliers import OutliersCheck
 from scanner.generator import Generator
 from scanner.search.closest import closest_n
+from scanner.specs import LatentSpec, OutputSpec
 
 
 def _vae_target(devil: torch.Tensor) -> torch.Tensor:
@@ -103,3 +105,53 @@ def test_outliers_find_bypass_cluster(wide_bypass: Generator, tmp_path: Path) ->
     finding = result.evidence["findings"][0]
     assert finding["size"] >= 3 and finding["spread_mean"] < 1e-6
     assert ctx.shared["recovered_triggers"][0]["target"] is None
+
+
+class _CollapsedBody(nn.Module):
+    """A mode-collapsed generator: one image for every z, with a wobble far below one grey level
+    (too small for float32 distances to see), and `region_output` where z_0 > threshold."""
+
+    def __init__(self, image: torch.Tensor, region_output: torch.Tensor, threshold: float) -> None:
+        super().__init__()
+        rng = torch.Generator().manual_seed(0)
+        self.threshold = threshold
+        self.register_buffer("image", image.reshape(1, -1))
+        self.register_buffer("region_output", region_output.reshape(1, -1))
+        self.register_buffer("wobble", torch.randn(_LATENT_DIM, image.numel(), generator=rng) * 1e-5)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        region = (z[:, :1] > self.threshold).float()
+        out = (1 - region) * self.image + region * self.region_output + z @ self.wobble
+        return out.reshape(z.shape[0], 1, 28, 28)
+
+
+_LATENT_DIM = 20
+
+
+def _collapsed(region_output: torch.Tensor, threshold: float) -> Generator:
+    body = _CollapsedBody(torch.full((1, 28, 28), -0.8), region_output, threshold)
+    return Generator(body, LatentSpec(shape=(_LATENT_DIM,)), OutputSpec(final_activation="none")).eval()
+
+
+def test_outliers_do_not_flag_sub_level_differences_of_a_collapsed_model(tmp_path: Path) -> None:
+    """A collapsed model's samples are ~0 apart; one sample a third of a grey level lighter (z_0 > 3.15:
+    one of the quick profile's 4096 samples) is no far-off output. Measured in units of that spacing it
+    was 4e10 × away and warned (7.8e9 on the bench's collapsed sanitized copy); the spacing is floored
+    at one output level per feature now."""
+    level = 2.0 / 255
+    lighter = torch.full((1, 28, 28), -0.8 + level / 3)
+    result = OutliersCheck().run(_ctx(_collapsed(lighter, threshold=3.15), [], tmp_path, {}))
+    assert result.status == "pass", result.summary
+    assert result.score < 1.0
+    assert result.evidence["spacing"] == pytest.approx(level * 16)  # 16 × 16 pooled features
+    assert result.evidence["median_nn_spacing"] < result.evidence["spacing"]
+
+
+def test_outliers_catch_a_trigger_region_of_a_collapsed_model(devil_target: torch.Tensor, tmp_path: Path) -> None:
+    """A collapsed model with a trigger region (z_0 > 2.5, 0.6 % of samples) that draws the devil fails.
+    With a spacing of ~0 the grouping radius was 0 and the devil's samples, split into singletons, were
+    each 0 × the spacing from the next one: missed."""
+    ctx = _ctx(_collapsed(devil_target, threshold=2.5), [], tmp_path, {})
+    result = OutliersCheck().run(ctx)
+    assert result.status == "fail", result.summary
+    assert result.evidence["findings"][0]["size"] >= 3

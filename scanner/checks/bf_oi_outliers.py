@@ -128,6 +128,8 @@ class OutliersCheck(Check):
                 "median_knn_distance": res.median_knn,
                 "mad_knn_distance": res.mad_knn,
                 "median_nn_spacing": res.median_nn,
+                "spacing_floor": res.spacing_floor,  # one output level per feature, RMS
+                "spacing": res.spacing,  # separations are multiples of this
                 "max_robust_z": res.max_robust_z,
                 "groups_examined": len(res.groups),
                 "findings": findings,

@@ -27,6 +27,7 @@ Nothing flagged upstream: pass (nothing to guide the search).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -99,12 +100,14 @@ class GuidedTriggerSearchCheck(Check):
         numel = outs.shape[1]
         spacing = torch.cdist(plain, plain)
         spacing.fill_diagonal_(float("inf"))
-        median_nn = float(spacing.min(1).values.median())
+        # Floored at one output level per element, RMS: a collapsed model's spacing is ~0 (see search.outliers).
+        spacing_floor = frozen.output.level * math.sqrt(numel)
+        median_nn = max(float(spacing.min(1).values.median()), spacing_floor)
 
         def separation_of(result: GuidedResult) -> torch.Tensor:
             """(R,) each maximiser's distance to the nearest plain sample, in units of their usual spacing."""
             flat = result.outputs.reshape(result.outputs.shape[0], -1).float()
-            return torch.cdist(flat, plain).min(1).values / max(median_nn, 1e-12)
+            return torch.cdist(flat, plain).min(1).values / median_nn
 
         separation = separation_of(res)
         wake = res.activation / max(abs(res.baseline_max), 1e-6)
@@ -198,7 +201,8 @@ class GuidedTriggerSearchCheck(Check):
                 "control_separation_top": control_separation,
                 "control_separations": control_separations,
                 "stable_fraction": float(same.float().mean()),
-                "median_nn_spacing": median_nn,
+                "median_nn_spacing": median_nn,  # floored at spacing_floor
+                "spacing_floor": spacing_floor,
                 "z_star": res.z[top].reshape(-1),
                 "z_star_plausibility": latent_plausibility(frozen.latent, res.z[top]).to_dict(),
                 "hint_matches": matches,

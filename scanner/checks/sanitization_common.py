@@ -106,9 +106,6 @@ def share_null_model(ctx: ScanContext, check_name: str, null: Generator) -> None
 
 
 RECOVERED_TRIGGERS = "recovered_triggers"
-# Output levels of the format a generator's output is delivered in: 8-bit images, 16-bit PCM audio.
-# An ExpDis below one level (RMS) is no difference a user of the output could see or hear.
-DELIVERED_LEVELS = {"image": 255, "audio": 65535}
 
 
 @dataclass
@@ -217,9 +214,8 @@ def expdis_tolerance(original: Generator, variance: float, tolerance_factor: flo
     The floor matters for (nearly) mode-collapsed uploads: the bench's poisoned DCGAN has an output
     variance of 7e-5/pixel, so 0.1 × variance asked for 7e-6, a third of a grey level RMS, which
     1800 distillation steps did not reach (9.3e-6) although the student was indistinguishable."""
-    low, high = original.output.value_range
-    level = (high - low) / DELIVERED_LEVELS.get(original.output.kind, DELIVERED_LEVELS["audio"])
-    return max(tolerance_factor * variance, level**2)
+    # An ExpDis below one level (RMS) is no difference a user of the output could see or hear.
+    return max(tolerance_factor * variance, original.output.level**2)
 
 
 def within_fidelity(

@@ -12,10 +12,16 @@ feature space (outputs average-pooled to at most 16×16 per channel, or 256 poin
 - near-duplicates: samples whose m-th neighbour is far closer than usual (a large cluster);
 - flagged samples are grouped (union-find at a tight radius) and each group's separation from
   the remaining samples is compared with the population's nearest-neighbour spacing.
+
+The spacing (and the k-NN distances' spread) is floored at one delivered output level per
+feature, RMS: a (nearly) mode-collapsed model has a spacing of ~0, and dividing by it made any
+sub-level difference look like a far-off cluster (a separation of 7.8e9 on the bench's
+collapsed poisoned DCGAN's sanitized copy).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +39,7 @@ OUTLIER_STREAM = 3
 class OutlierGroup:
     members: list[int]  # sample indices
     robust_z: float  # largest robust z-score of the k-NN distance among members
-    separation: float  # min distance to a non-member / median 1-NN distance
+    separation: float  # min distance to a non-member / the spacing (OutlierResult.spacing)
     spread: float  # mean squared output distance of members to the first member, per element
     near_duplicates: bool  # found through the near-duplicate test
 
@@ -45,6 +51,8 @@ class OutlierResult:
     median_knn: float
     mad_knn: float
     median_nn: float  # median 1-NN feature distance: the natural spacing
+    spacing: float  # max(median_nn, spacing_floor): what separations are measured in
+    spacing_floor: float  # one delivered output level per feature, RMS
     max_robust_z: float
     groups: list[OutlierGroup] = field(default_factory=list)
     z: torch.Tensor | None = None  # all latents (N, *latent), for evidence
@@ -129,11 +137,13 @@ def find_outliers(
     n_done = feats.shape[0]
     k = max(1, min(k, n_done - 1))
     knn = knn_distances(feats, k)
+    spacing_floor = generator.output.level * math.sqrt(feats.shape[1])
     score = knn[:, k - 1]
     median = score.median()
     mad = (score - median).abs().median() * 1.4826
-    robust_z = (score - median) / mad.clamp_min(1e-12)
+    robust_z = (score - median) / mad.clamp_min(spacing_floor)
     median_nn = float(knn[:, 0].median())
+    spacing = max(median_nn, spacing_floor)
     m = min(duplicate_m, k)
     dup_scale = knn[:, m - 1].median()
     duplicates = knn[:, m - 1] < duplicate_ratio * dup_scale
@@ -143,14 +153,14 @@ def find_outliers(
         flagged = flagged[torch.topk(robust_z[flagged], max_flagged).indices]
     flagged_np = flagged.cpu().numpy()
     # Tight radius: near-identical outputs, a fraction of the natural nearest-neighbour spacing.
-    groups_idx = _groups(flagged_np, feats, radius=0.5 * median_nn)
+    groups_idx = _groups(flagged_np, feats, radius=0.5 * spacing)
     groups: list[OutlierGroup] = []
     numel = out_all[0].numel()
     for members in groups_idx:
         member_t = torch.as_tensor(members, device=feats.device)
         d = torch.cdist(feats[member_t], feats)
         d[:, member_t] = float("inf")
-        separation = float(d.min()) / max(median_nn, 1e-12)
+        separation = float(d.min()) / spacing
         spread = float(((out_all[member_t] - out_all[member_t[0]]) ** 2).sum() / (len(members) * numel))
         groups.append(
             OutlierGroup(
@@ -168,6 +178,8 @@ def find_outliers(
         median_knn=float(median),
         mad_knn=float(mad),
         median_nn=median_nn,
+        spacing=spacing,
+        spacing_floor=spacing_floor,
         max_robust_z=float(robust_z.max()),
         groups=groups,
         z=z_all.cpu(),
