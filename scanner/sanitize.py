@@ -148,7 +148,7 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 # After the noise, a unit's weight norm (in log space) and its bias are pulled to within this many robust
 # σ of its layer's median: the sanitized copy should neither inherit a unit the upload singled out nor
-# grow one from the noise (static.bias_outliers flags units beyond ≈ 5σ).
+# grow one from the noise (static.bias_outliers flags units beyond ≈ 5σ in wide layers, more in narrow ones).
 CLIP_SIGMAS = 3.0
 
 

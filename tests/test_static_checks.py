@@ -18,6 +18,7 @@ from torch import nn
 
 from scanner.analysis.blocks import find_zero_block
 from scanner.analysis.dataflow import from_onnx
+from scanner.analysis.robust import robust_location_scale
 from scanner.architectures import build
 from scanner.checks.base import CheckResult, ScanConfig, ScanContext
 from scanner.checks.static_bias_outliers import BiasOutliersCheck
@@ -26,6 +27,7 @@ from scanner.checks.static_bypass_topology import BypassTopologyCheck
 from scanner.checks.static_capacity import CapacityCheck
 from scanner.checks.static_obfuscation_ops import ObfuscationOpsCheck
 from scanner.generator import Generator
+from scanner.specs import LatentSpec, OutputSpec
 
 STATIC_CHECKS = (BypassTopologyCheck, BlockSparsityCheck, BiasOutliersCheck, ObfuscationOpsCheck, CapacityCheck)
 
@@ -226,6 +228,36 @@ def test_planted_weight_norm_outlier_is_reported(benign_vae: Generator, tmp_path
     result, ctx = run_check(BiasOutliersCheck, benign_vae, tmp_path)
     assert result.status == "warn"
     assert 17 in ctx.shared["static.outlier_units"]["0"]
+
+
+def _narrow_layer_generator(planted_z: float) -> Generator:
+    """A small MLP generator whose middle layer has 16 units, one of them (unit 5) with its log weight
+    norm `planted_z` robust σ from its layer's median."""
+    torch.manual_seed(0)
+    body = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 784), nn.Unflatten(1, (1, 28, 28))
+    )
+    with torch.no_grad():
+        log_norms = body[2].weight.double().norm(dim=1).log().numpy()
+        median, sigma = robust_location_scale(log_norms)
+        body[2].weight[5] *= float(np.exp(median + planted_z * sigma - log_norms[5]))
+    return Generator(body, LatentSpec(shape=(32,)), OutputSpec()).eval()
+
+
+@pytest.mark.parametrize(("planted_z", "status"), [(8.0, "pass"), (60.0, "warn")])
+def test_a_narrow_layer_is_judged_against_the_null_of_its_own_width(
+    planted_z: float, status: str, tmp_path: Path
+) -> None:
+    """The median and MAD of 16 units are noisy: a unit at robust z 8 is within what a benign 16-unit
+    layer shows at the check's family-wise alpha (the Gaussian quantile, 5.0 here, flagged it); a unit
+    at z 60 is not."""
+    result, ctx = run_check(BiasOutliersCheck, _narrow_layer_generator(planted_z), tmp_path)
+    assert result.status == status, result.summary
+    layer = next(r for r in result.evidence["layers"] if r["layer"] == "2" and r["statistic"] == "log_weight_norm")
+    assert layer["max_abs_z"] == pytest.approx(planted_z, rel=0.05)  # the unit moved its layer's median a little
+    assert 20 < layer["threshold_abs_z"] < 30
+    if status == "warn":
+        assert ctx.shared["static.outlier_units"]["2"] == [5]
 
 
 @pytest.mark.parametrize(("kind", "status"), [("noise", "fail"), ("round", "fail"), ("logexp", "warn")])

@@ -18,8 +18,9 @@ homogeneous in each layer's weights and normalisation layers are scale-invariant
 for every layer (layers before a normalisation or a modulation can be far *below* 1, so low
 values are not compared across layers); κ above the hard bound means the output leans on a few
 weights in an unusual way. Input outliers use robust z-scores of log ρ with a Bonferroni
-threshold at α = 0.001; both ρ and κ also have a hard bound of 1e3 (a thousand times the
-reference), and a median ρ above 1e2 means G is rough everywhere. The check only warns.
+threshold at α = 0.001 for a robust z among that many samples (`outlier_threshold`); both ρ and
+κ also have a hard bound of 1e3 (a thousand times the reference), and a median ρ above 1e2 means
+G is rough everywhere. The check only warns.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scanner.analysis.robust import bonferroni_threshold, robust_z
+from scanner.analysis.robust import outlier_threshold, robust_z
 from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
 
 HARD_BOUND = 1e3
@@ -97,8 +98,9 @@ class SensitivityCheck(Check):
                 kappa[layer.name] = float((changed - out_w).norm(dim=1).pow(2).mean().sqrt()) / (eps * out_rms)
         with np.errstate(divide="ignore"):
             log_rho = np.log(rho)
-        rho_thr = bonferroni_threshold(rho.size, float(p["alpha"]))
-        rho_z = robust_z(log_rho[np.isfinite(log_rho)]) if np.isfinite(log_rho).sum() >= 8 else np.zeros(0)
+        n_finite = int(np.isfinite(log_rho).sum())
+        rho_thr = outlier_threshold(n_finite, rho.size, float(p["alpha"]))  # heavy-tailed for 32 samples (quick)
+        rho_z = robust_z(log_rho[np.isfinite(log_rho)]) if n_finite >= 8 else np.zeros(0)
         steep = int((rho_z > rho_thr).sum()) + int((rho > HARD_BOUND).sum())
         layer_outliers: list[str] = []
         layer_outliers += [k for k, v in kappa.items() if not v <= HARD_BOUND]

@@ -5,10 +5,14 @@ ones trained separately, Rawat et al. 2108.01644 §IV) tends to leave those unit
 weight norms unlike their layer peers. Per layer we compute robust z-scores
 ``(x − median) / (1.4826 · MAD)`` of the biases and of log per-unit weight norms (the 1.4826
 makes MAD a consistent estimate of a Gaussian σ; the log makes positive, skewed norms
-symmetric). The threshold is the two-sided Gaussian quantile at family-wise error α = 0.001,
-Bonferroni-corrected over every unit tested in the model, so a benign model of any size raises a
-false alarm with probability ≈ 0.1% under near-Gaussian statistics. Outliers are a weak signal
-on their own: the check warns, it never fails.
+symmetric). The threshold is set per layer at family-wise error α = 0.001, Bonferroni-corrected
+over every unit tested in the model, from the null distribution of a robust z among that many
+units (`scanner.analysis.robust.outlier_threshold`: the median and MAD of a 16-unit layer are
+so noisy that |z| > 5 happens 2500× as often as for a Gaussian), so a benign model of any size
+raises a false alarm with probability ≤ 0.1% under near-Gaussian statistics. Until stop 29 the
+Gaussian quantile (4.98 on the bench DCGANs) was used for every layer: the poisoned bench
+DCGAN's fresh sanitized copy warned at |z| 5.2 in a 16-unit layer (the threshold there is now
+23.6). Outliers are a weak signal on their own: the check warns, it never fails.
 
 Shared state written: ``ctx.shared["static.outlier_units"]`` = ``{layer_name: [output unit
 indices]}`` (same indexing as ``static.flagged_units``).
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from scanner.analysis.robust import MIN_UNITS, bonferroni_threshold, robust_z
+from scanner.analysis.robust import MIN_UNITS, outlier_threshold, robust_z
 from scanner.checks.base import Check, CheckResult, ScanContext, Timer, register_check
 
 
@@ -49,10 +53,9 @@ class BiasOutliersCheck(Check):
         if not series:
             return self.skipped(f"no layer has at least {MIN_UNITS} units")
         n_tests = sum(v.size for _, _, v in series)
-        threshold = bonferroni_threshold(n_tests, alpha)
         per_layer: list[dict[str, Any]] = []
         outliers: dict[str, set[int]] = {}
-        worst = 0.0
+        worst = 0.0  # the largest |z| in units of its layer's threshold
         for layer_name, what, values in series:
             finite = np.isfinite(values)
             z = np.full(values.shape, np.inf)
@@ -60,8 +63,9 @@ class BiasOutliersCheck(Check):
                 z[finite] = robust_z(values[finite])
             z[np.isnan(values)] = np.inf  # NaN weights: certainly not like the peers
             absz = np.abs(z)
+            threshold = outlier_threshold(int(finite.sum()), n_tests, alpha)
             idx = np.flatnonzero(absz > threshold)
-            worst = max(worst, float(absz.max()))
+            worst = max(worst, float(absz.max()) / threshold)
             if idx.size:
                 outliers.setdefault(layer_name, set()).update(idx.tolist())
             per_layer.append(
@@ -70,6 +74,7 @@ class BiasOutliersCheck(Check):
                     "statistic": what,
                     "units": int(values.size),
                     "max_abs_z": float(absz.max()),
+                    "threshold_abs_z": threshold,
                     "outliers": idx[:256],
                     "outlier_z": z[idx[:256]],
                 }
@@ -77,11 +82,15 @@ class BiasOutliersCheck(Check):
         shared = {k: sorted(v) for k, v in outliers.items()}
         ctx.shared["static.outlier_units"] = shared
         n_out = sum(len(v) for v in shared.values())
-        evidence = {"threshold_abs_z": threshold, "alpha": alpha, "units_tested": n_tests, "layers": per_layer}
+        evidence = {"alpha": alpha, "units_tested": n_tests, "layers": per_layer}
         if n_out:
-            status, summary = "warn", f"{n_out} unit(s) with outlying bias/weight norm in {len(shared)} layer(s)"
+            status = "warn"
+            summary = (
+                f"{n_out} unit(s) with outlying bias/weight norm in {len(shared)} layer(s) "
+                f"(|z| up to {worst:.3g}× its layer's threshold)"
+            )
         else:
-            status, summary = "pass", f"no unit's bias or weight norm exceeds |z| = {threshold:.2f}"
-        return self.result(
-            status, summary, score=worst, threshold=threshold, evidence=evidence, duration_s=timer.elapsed
-        )
+            status = "pass"
+            summary = f"no unit's bias or weight norm exceeds its layer's |z| threshold (largest: {worst:.3g}× it)"
+        # score: the largest |z| over its layer's threshold (layers of different sizes have different thresholds)
+        return self.result(status, summary, score=worst, threshold=1.0, evidence=evidence, duration_s=timer.elapsed)
