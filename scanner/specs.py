@@ -98,6 +98,12 @@ class OutputSpec:
         low, high = self.value_range
         return (high - low) / DELIVERED_LEVELS.get(self.kind, DELIVERED_LEVELS["audio"])
 
+    def level_distance(self, n_features: int) -> float:
+        """The L2 distance of one output level in each of `n_features` values: the floor under
+        any spacing that separations are divided by, so differences no delivered output shows
+        cannot look far apart (a mode-collapsed model's spacing is ~0)."""
+        return self.level * math.sqrt(n_features)
+
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,

@@ -27,7 +27,6 @@ Nothing flagged upstream: pass (nothing to guide the search).
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -101,7 +100,7 @@ class GuidedTriggerSearchCheck(Check):
         spacing = torch.cdist(plain, plain)
         spacing.fill_diagonal_(float("inf"))
         # Floored at one output level per element, RMS: a collapsed model's spacing is ~0 (see search.outliers).
-        spacing_floor = frozen.output.level * math.sqrt(numel)
+        spacing_floor = frozen.output.level_distance(numel)
         median_nn = max(float(spacing.min(1).values.median()), spacing_floor)
 
         def separation_of(result: GuidedResult) -> torch.Tensor:

@@ -21,7 +21,6 @@ collapsed poisoned DCGAN's sanitized copy).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -137,7 +136,7 @@ def find_outliers(
     n_done = feats.shape[0]
     k = max(1, min(k, n_done - 1))
     knn = knn_distances(feats, k)
-    spacing_floor = generator.output.level * math.sqrt(feats.shape[1])
+    spacing_floor = generator.output.level_distance(feats.shape[1])
     score = knn[:, k - 1]
     median = score.median()
     mad = (score - median).abs().median() * 1.4826
