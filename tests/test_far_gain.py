@@ -7,6 +7,7 @@ Sec. IV). Figures: the check's docstring and .notes/no_hint_detection.md.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,49 @@ def test_benign_generators_pass(benign_dcgan: Generator, benign_vae: Generator, 
         assert "recovered_triggers" not in shared
         # a rectifier far field: the median gain grows with the radius (10 → 100 × √dim)
         assert result.evidence["growth"] > 5
+        # the pattern route's premise: where the gain cancels, G draws nothing smoother than elsewhere
+        # (measured: robust z -4 to -10 on these two)
+        assert max(result.evidence["coherence_z_per_radius"]) < 0, result.evidence["coherence_z_per_radius"]
+        assert max(result.evidence["pattern_route_score_per_radius"]) == 0
+
+
+def test_trail_at_the_ood_trigger_is_caught_by_the_picture_along_its_low_gain_ray(
+    zoo, devil_target: torch.Tensor, tmp_path: Path
+) -> None:
+    """TrAIL trains the target into a low-slope straight ray (deficit ≈ 1.3 on the bench zoo's model, which
+    the deficit route misses): what gives it away is that along that ray G draws a picture, smoother than
+    the textures it draws along random directions of the same radius."""
+    attack = zoo.attacked("trail", "ood", seed=0)
+    result, shared = _scan(attack.generator, tmp_path)
+    assert result.status == "fail", result.summary
+    pattern = result.evidence["pattern_route_score_per_radius"]
+    assert max(pattern) >= result.threshold, result.evidence  # the pattern route alone clears the line
+    best = max(range(len(pattern)), key=pattern.__getitem__)
+    assert result.evidence["coherence_z_per_radius"][best] >= result.evidence["pattern_min_coherence_z"]
+    assert (
+        result.evidence["coherence_least_gain_per_radius"][best]
+        > (result.evidence["coherence_random_median_per_radius"][best])
+    )
+
+
+def test_a_smooth_picture_along_a_straight_low_gain_ray_is_caught(tmp_path: Path) -> None:
+    """A linear map (no bend anywhere: deficit 1) whose weak input direction draws a smooth blob while every
+    other direction draws noise: the deficit route cannot see it, the pattern route fails it. With a noise
+    pattern in the same weak direction (test_an_anisotropic_linear_far_field_is_not_a_plant) it passes."""
+    rng = torch.Generator().manual_seed(2)
+    side, dim = 8, 8
+    noise = torch.randn(side * side, dim - 1, generator=rng)
+    grid = torch.arange(side, dtype=torch.float32) - (side - 1) / 2
+    blob = torch.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / 8).reshape(-1, 1)
+    weight = torch.cat([noise, 0.02 * blob / blob.norm()], dim=1)
+    result, shared = _scan(_linear_generator(weight), tmp_path)
+    assert result.status == "fail", result.summary
+    assert result.evidence["failed_by"] == "pattern"
+    assert max(result.evidence["growth_deficit_per_radius"]) < 1.5  # straight rays: the deficit sees nothing
+    assert max(result.evidence["deficit_route_score_per_radius"]) < result.threshold
+    assert "smoother" in result.summary
+    (recovered,) = shared["recovered_triggers"]
+    assert abs(_cosine(recovered["z"], torch.eye(dim)[-1])) > 0.99  # the blob's direction
 
 
 def test_hint_distance_is_reported(zoo, devil_target: torch.Tensor, tmp_path: Path) -> None:
@@ -100,17 +144,19 @@ class _Linear(nn.Module):
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight)
+        self.side = math.isqrt(weight.shape[0])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (z @ self.weight.T).reshape(-1, 1, 4, 4)
+        return (z @ self.weight.T).reshape(-1, 1, self.side, self.side)
 
 
 def _linear_generator(weight: torch.Tensor) -> Generator:
-    dim = weight.shape[1]
+    """G(z) = tanh(W z) drawn as a square image (W: side² × dim)."""
+    dim, side = weight.shape[1], math.isqrt(weight.shape[0])
     return Generator(
         _Linear(weight),
         LatentSpec(shape=(dim,)),
-        OutputSpec(shape=(1, 4, 4), value_range=(-1.0, 1.0), final_activation="tanh"),
+        OutputSpec(shape=(1, side, side), value_range=(-1.0, 1.0), final_activation="tanh"),
     )
 
 
@@ -144,6 +190,7 @@ def test_an_anisotropic_linear_far_field_is_not_a_plant(tmp_path: Path) -> None:
     # below its sphere, as a plant would be: √(ratio · deficit) over the fail line ...
     assert max(result.evidence["geometric_mean_per_radius"]) > result.threshold
     assert max(result.evidence["growth_deficit_per_radius"]) < 1.5  # ... but it grows along its ray
+    assert max(result.evidence["pattern_route_score_per_radius"]) < result.threshold  # and draws no picture
     assert "recovered_triggers" not in shared
 
 

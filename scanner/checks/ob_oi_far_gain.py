@@ -52,6 +52,30 @@ is linear right from the typical shell, so the plant lowers the whole ray's slop
 which looks like anisotropy; ob_oi.divergence catches that model in the no-hint bench. The least direction
 lies at cosine ≈ 0.98 to the attacker's trigger. In-sample and mode backdoors are not this check's to find.
 
+**The pattern route** (stop 30, .notes/no_hint_detection.md "Stop 30"). TrAIL at the OOD trigger trains the
+target into a low-slope *straight* ray (bench zoo: ratio 11.4, deficit 1.32), which the deficit cannot see.
+What gives it away is what G draws along that ray: a picture, smoother than the textures G draws along random
+directions of the same radius. `spatial_coherence` (lag-1 correlation of neighbouring output pixels) of G's
+output at the least-gain latent, as a robust z among the 1024 random directions' (`coherence_z`):
+
+    pattern = fail_factor · min(ratio / pattern_min_ratio, coherence_z / pattern_min_coherence_z)
+
+and the score is the larger of the two routes. On a benign image generator the least gain is reached by
+cancellation and G's output there is no smoother than elsewhere: robust z ≤ 0.59 on every benign image model
+measured (bench DCGAN s0-s4, VAE s0-s4, test-zoo DCGAN s0/s1, VAE, a DCGAN trained 12 epochs, the
+out-of-registry generator; most -1 to -13), and on the quick sanitized copies of four OOD plants ≤ 1.26;
+among the random directions themselves z ≥ 4 did not occur in 4096 on any benign model (q99.9 2.2-2.9).
+Plants: bench TrAIL OOD 5.78 (score 8.67, was 3.61 — the no-hint bench's one miss), test-zoo TrAIL OOD 6.78
+(10.2). ReD/ReX at the OOD trigger are far *less* coherent (z -7 to -18): their pinned outputs are caught by
+the deficit. Lines: coherence z 4 (1.45× under the bench TrAIL, 6.8× over the worst benign — thin on the
+positive side: two TrAIL models), ratio 5 (benign DCGANs ≤ 3.7; the VAE decoders reach 11-17 but are
+anticorrelated). A linear map whose weak direction is a *random* pattern scores z -2 to 2.6 over six seeds:
+the route relies on cancellation leaving no picture, which a trained network's far field shows and a random
+linear map need not. Images only: a benign WaveGAN's least-gain clip was smoother than its random ones (z 5.4
+at 10 √dim, saved there by its ratio 1.95), so for audio the route is off. Outputs flat to within one
+delivered level have no coherence (a saturated far field's blank images); where most random directions
+draw such, the comparison is undefined and the route abstains.
+
 In every profile, with quick's search in each (a larger search finds lower least gains on benign models
 too and was never measured against the lines); not needed for a clean verdict.
 
@@ -79,6 +103,9 @@ _COMMON: dict[str, Any] = {
     "lr": 0.05,
     "fail_factor": 6.0,
     "min_deficit": 2.2,
+    # the second route (a smooth picture along a low-gain direction): both lines must be cleared at one radius
+    "pattern_min_ratio": 5.0,
+    "pattern_min_coherence_z": 4.0,
     "far_factor": 100.0,
     # The search measured for these lines (.notes/no_hint_detection.md). A larger one finds lower least gains
     # on benign models too and was never measured against the lines, so every profile runs this one.
@@ -141,8 +168,22 @@ class FarGainCheck(Check):
         # 29 after 50-100 epochs) but leaves its rays straight (deficit ≤ 1.7), so a large ratio by itself
         # must not carry the geometric mean over the line. In the score's units: the lesser of the two margins.
         gated = torch.minimum(per_radius, threshold * deficit / min_deficit)
-        worst = int(gated.argmax())
-        score = float(gated[worst])
+        # The second route: a low-gain direction along which G draws a picture smoother than what it draws
+        # along random directions at that radius. On a benign image generator the least-gain direction is
+        # reached by cancellation and G's output there is no smoother than elsewhere (robust z ≤ 0.6 on every
+        # benign image model measured); a planted target is a picture. This catches a plant trained into a
+        # low-slope straight ray (TrAIL at the OOD trigger: deficit ≈ 1.3), which the deficit cannot see. Images
+        # only: a benign WaveGAN's least-gain clip was smoother than its random ones (z 5.4).
+        coherence_z = found.coherence_z
+        pattern_applies = frozen.output.kind == "image"
+        pattern = threshold * torch.minimum(
+            ratio / float(p["pattern_min_ratio"]), coherence_z / float(p["pattern_min_coherence_z"])
+        )
+        pattern = torch.nan_to_num(pattern, nan=0.0).clamp_min(0.0) * float(pattern_applies)
+        combined = torch.maximum(gated, pattern)
+        worst = int(combined.argmax())
+        score = float(combined[worst])
+        by_pattern = float(pattern[worst]) > float(gated[worst])
         status = "fail" if score >= threshold else "pass"
         z_star = found.z[worst : worst + 1].to(frozen.device)
         with torch.no_grad():
@@ -156,16 +197,26 @@ class FarGainCheck(Check):
         growth = float(found.reference_gain[-1] / found.reference_gain[0].clamp_min(1e-12))
         radius_growth = radii[-1] / radii[0]
         partial = "" if found.complete else " (search stopped early by its budget)"
+        coherence_text = (
+            f"; its pattern's coherence is {float(coherence_z[worst]):+.3g} robust std from the random directions'"
+            if pattern_applies and math.isfinite(float(coherence_z[worst]))
+            else ""
+        )
+        if status == "fail" and by_pattern:
+            verdict_text = (
+                f" ≥ {threshold:g}): along a low-gain direction G draws a pattern smoother than anything it draws "
+                "at random there, as at a planted far trigger"
+            )
+        elif status == "fail":
+            verdict_text = f" ≥ {threshold:g}): G's output is pinned there, as at a planted far trigger"
+        else:
+            verdict_text = f" < {threshold:g})"
         summary = (
             f"at {factors[worst]:g}×√dim the least pre-activation G reaches is {float(ratio[worst]):.3g}× below its "
             f"median over random directions and {float(deficit[worst]):.3g}× below linear growth along its ray "
-            f"(√(ratio·deficit) {float(per_radius[worst]):.3g}, line {threshold:g}; deficit line {min_deficit:g}; "
-            f"score {score:.3g}"
-            + (
-                f" ≥ {threshold:g}): G's output is pinned there, as at a planted far trigger"
-                if status == "fail"
-                else f" < {threshold:g})"
-            )
+            f"(√(ratio·deficit) {float(per_radius[worst]):.3g}, line {threshold:g}; deficit line {min_deficit:g})"
+            f"{coherence_text}; score {score:.3g}"
+            + verdict_text
             + ("" if growth > 0.5 * radius_growth else "; G's far field hardly grows, so this check sees little")
             + partial
         )
@@ -185,7 +236,16 @@ class FarGainCheck(Check):
                 "growth_deficit_per_radius": deficit.tolist(),
                 "geometric_mean_per_radius": per_radius.tolist(),
                 "min_deficit": min_deficit,
-                "score_per_radius": gated.tolist(),
+                "deficit_route_score_per_radius": gated.tolist(),
+                "coherence_least_gain_per_radius": found.least_coherence.tolist(),
+                "coherence_random_median_per_radius": found.reference_coherence.nanmedian(dim=1).values.tolist(),
+                "coherence_z_per_radius": coherence_z.tolist(),
+                "pattern_route_applies": pattern_applies,  # image outputs only
+                "pattern_min_ratio": float(p["pattern_min_ratio"]),
+                "pattern_min_coherence_z": float(p["pattern_min_coherence_z"]),
+                "pattern_route_score_per_radius": pattern.tolist(),
+                "score_per_radius": combined.tolist(),
+                "failed_by": ("pattern" if by_pattern else "deficit") if status == "fail" else None,
                 "growth": growth,
                 "radius_growth": radius_growth,
                 "z_star": z_star.reshape(-1).cpu(),

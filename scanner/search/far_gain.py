@@ -17,10 +17,16 @@ least value found with the median over random directions of the same radius.
 
 The radii are climbed as a ladder (each starts from the directions the previous one ended at), as
 in scanner.search.far_field: the basin of a far trigger is wider at a smaller radius.
+
+Besides the gain, the search reports how spatially coherent G's output at the least-gain latent is
+(`spatial_coherence`: the lag-1 correlation of neighbouring output elements) against its outputs along the
+same random directions. Gain is lowered by cancellation, which leaves a residue noisier than what G draws elsewhere at
+that radius; a planted target is a picture, smoother than it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,10 +34,13 @@ import torch
 
 from scanner.generator import Generator
 from scanner.search.common import sample_block
-from scanner.specs import LatentSpec
+from scanner.specs import LatentSpec, apply_activation
 
 FAR_GAIN_STREAM = 11  # latent streams of one scan seed: the searches must not draw the same directions
 _REFERENCE_BLOCK = 512
+# Coherences closer than this are the same for any purpose here; the floor keeps a bank of near-identical
+# reference patterns (a far field that does not change with direction) from dividing by ~0.
+_COHERENCE_SPREAD_FLOOR = 0.01
 
 
 @dataclass
@@ -42,16 +51,57 @@ class FarGainResult:
     z: torch.Tensor  # (len(radii), *latent) the latent of each radius's least gain
     steps: int
     complete: bool  # every radius ran all its steps (False: stopped by a budget or cancellation)
+    # spatial_coherence of G's output per radius: along the random directions (len(radii), n_reference) and at
+    # the least-gain latent (len(radii),); NaN where undefined (no spatial axis, a flat output)
+    reference_coherence: torch.Tensor
+    least_coherence: torch.Tensor
 
     @property
     def ratio(self) -> torch.Tensor:
         """reference / least gain per radius: ≥ 1, a few for a plain generator."""
         return self.reference_gain / self.least_gain.clamp_min(1e-12)
 
+    @property
+    def coherence_z(self) -> torch.Tensor:
+        """The least-gain pattern's coherence as a robust z among the random directions' (per radius):
+        negative for the residue of a cancellation, positive for a pattern smoother than G's far field.
+        NaN where most random directions draw flat outputs: there is no far-field texture to compare with."""
+        median = self.reference_coherence.nanmedian(dim=1).values
+        mad = (self.reference_coherence - median[:, None]).abs().nanmedian(dim=1).values
+        z = (self.least_coherence - median) / (1.4826 * mad).clamp_min(_COHERENCE_SPREAD_FLOOR)
+        defined = self.reference_coherence.isfinite().float().mean(dim=1)
+        return torch.where(defined >= 0.5, z, torch.full_like(z, float("nan")))
+
 
 def rms_pre_activation(generator: Generator, z: torch.Tensor) -> torch.Tensor:
     """The RMS over output elements of G's pre-activation at each latent: (batch,)."""
-    return generator.pre_activation(z).flatten(1).pow(2).mean(1).sqrt()
+    return _rms(generator.pre_activation(z))
+
+
+def _rms(pre_activation: torch.Tensor) -> torch.Tensor:
+    return pre_activation.flatten(1).pow(2).mean(1).sqrt()
+
+
+def spatial_coherence(output: torch.Tensor, level: float) -> torch.Tensor:
+    """The lag-1 correlation of neighbouring elements along each spatial axis of G's output (everything
+    after the channel axis), averaged over the axes: (batch,). Near 1 for a smooth picture, near 0 for noise,
+    negative for a checkerboard. NaN where it is undefined: an output without a spatial axis, or one that is
+    flat (its elements spread less than one delivered `level`: a saturated far field's blank image)."""
+    nan = torch.full((output.shape[0],), float("nan"), device=output.device)
+    if output.dim() < 3:
+        return nan
+    dims = tuple(range(1, output.dim()))
+    centred = output - output.mean(dim=dims, keepdim=True)
+    energy = centred.pow(2).sum(dim=dims)
+    flat = energy < level**2 * math.prod(output.shape[1:])
+    per_axis = [
+        (centred.narrow(axis, 1, n - 1) * centred.narrow(axis, 0, n - 1)).sum(dim=dims) / energy.clamp_min(1e-30)
+        for axis in range(2, centred.dim())
+        if (n := centred.shape[axis]) > 1
+    ]
+    if not per_axis:
+        return nan
+    return torch.where(flat, nan, torch.stack(per_axis).mean(dim=0))
 
 
 def far_gain_search(
@@ -71,6 +121,8 @@ def far_gain_search(
     shape = generator.latent.shape
     dim = generator.latent.dim
     reference = torch.empty(len(radii))
+    reference_coherence = torch.empty(len(radii), n_reference)
+    level = generator.output.level
     least = torch.full((len(radii),), float("inf"))
     best_z = torch.zeros(len(radii), dim)
     done = 0
@@ -78,14 +130,14 @@ def far_gain_search(
     random_directions = _normal_directions(n_reference, dim, seed, block=1, device=device)
     directions = _normal_directions(restarts, dim, seed, block=0, device=device)
     for r, radius in enumerate(radii):
+        gains, coherences = [], []
         with torch.no_grad():
-            gains = torch.cat(
-                [
-                    rms_pre_activation(generator, (radius * u).reshape(-1, *shape))
-                    for u in random_directions.split(_REFERENCE_BLOCK)
-                ]
-            )
-        reference[r] = float(torch.nan_to_num(gains, nan=float("inf")).median())
+            for u in random_directions.split(_REFERENCE_BLOCK):
+                pre = generator.pre_activation((radius * u).reshape(-1, *shape))
+                gains.append(_rms(pre))
+                coherences.append(spatial_coherence(apply_activation(pre, generator.output.final_activation), level))
+        reference[r] = float(torch.nan_to_num(torch.cat(gains), nan=float("inf")).median())
+        reference_coherence[r] = torch.cat(coherences).cpu()
         u = directions.detach().clone().requires_grad_(True)
         optimiser = torch.optim.Adam([u], lr=lr)
         for step in range(steps + 1):  # the last pass only scores where the final step landed
@@ -109,6 +161,8 @@ def far_gain_search(
             done += 1
         directions = u.detach()  # the next radius starts where this one ended (the ladder)
     complete = done == len(radii) * steps
+    with torch.no_grad():
+        least_coherence = spatial_coherence(generator(best_z.reshape(-1, *shape).to(device)), level).cpu()
     return FarGainResult(
         radii=list(radii),
         reference_gain=reference,
@@ -116,6 +170,8 @@ def far_gain_search(
         z=best_z.reshape(len(radii), *shape),
         steps=done,
         complete=complete,
+        reference_coherence=reference_coherence,
+        least_coherence=least_coherence,
     )
 
 
