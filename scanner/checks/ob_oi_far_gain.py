@@ -204,13 +204,13 @@ class FarGainCheck(Check):
         )
         if status == "fail" and by_pattern:
             verdict_text = (
-                f" ≥ {threshold:g}): along a low-gain direction G draws a pattern smoother than anything it draws "
+                f" ≥ {threshold:g}: along a low-gain direction G draws a pattern smoother than anything it draws "
                 "at random there, as at a planted far trigger"
             )
         elif status == "fail":
-            verdict_text = f" ≥ {threshold:g}): G's output is pinned there, as at a planted far trigger"
+            verdict_text = f" ≥ {threshold:g}: G's output is pinned there, as at a planted far trigger"
         else:
-            verdict_text = f" < {threshold:g})"
+            verdict_text = f" < {threshold:g}"
         summary = (
             f"at {factors[worst]:g}×√dim the least pre-activation G reaches is {float(ratio[worst]):.3g}× below its "
             f"median over random directions and {float(deficit[worst]):.3g}× below linear growth along its ray "
