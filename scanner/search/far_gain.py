@@ -26,7 +26,6 @@ that radius; a planted target is a picture, smoother than it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -82,18 +81,19 @@ def _rms(pre_activation: torch.Tensor) -> torch.Tensor:
     return pre_activation.flatten(1).pow(2).mean(1).sqrt()
 
 
-def spatial_coherence(output: torch.Tensor, level: float) -> torch.Tensor:
+def spatial_coherence(output: torch.Tensor, flat_distance: float) -> torch.Tensor:
     """The lag-1 correlation of neighbouring elements along each spatial axis of G's output (everything
     after the channel axis), averaged over the axes: (batch,). Near 1 for a smooth picture, near 0 for noise,
     negative for a checkerboard. NaN where it is undefined: an output without a spatial axis, or one that is
-    flat (its elements spread less than one delivered `level`: a saturated far field's blank image)."""
+    flat (within `flat_distance` of its own mean, L2: OutputSpec.level_distance gives one delivered level per
+    element — a saturated far field's blank image)."""
     nan = torch.full((output.shape[0],), float("nan"), device=output.device)
     if output.dim() < 3:
         return nan
     dims = tuple(range(1, output.dim()))
     centred = output - output.mean(dim=dims, keepdim=True)
     energy = centred.pow(2).sum(dim=dims)
-    flat = energy < level**2 * math.prod(output.shape[1:])
+    flat = energy < flat_distance**2
     per_axis = [
         (centred.narrow(axis, 1, n - 1) * centred.narrow(axis, 0, n - 1)).sum(dim=dims) / energy.clamp_min(1e-30)
         for axis in range(2, centred.dim())
@@ -122,7 +122,7 @@ def far_gain_search(
     dim = generator.latent.dim
     reference = torch.empty(len(radii))
     reference_coherence = torch.empty(len(radii), n_reference)
-    level = generator.output.level
+    flat_distance = generator.output.level_distance(generator.output.numel)
     least = torch.full((len(radii),), float("inf"))
     best_z = torch.zeros(len(radii), dim)
     done = 0
@@ -135,7 +135,9 @@ def far_gain_search(
             for u in random_directions.split(_REFERENCE_BLOCK):
                 pre = generator.pre_activation((radius * u).reshape(-1, *shape))
                 gains.append(_rms(pre))
-                coherences.append(spatial_coherence(apply_activation(pre, generator.output.final_activation), level))
+                coherences.append(
+                    spatial_coherence(apply_activation(pre, generator.output.final_activation), flat_distance)
+                )
         reference[r] = float(torch.nan_to_num(torch.cat(gains), nan=float("inf")).median())
         reference_coherence[r] = torch.cat(coherences).cpu()
         u = directions.detach().clone().requires_grad_(True)
@@ -162,7 +164,7 @@ def far_gain_search(
         directions = u.detach()  # the next radius starts where this one ended (the ladder)
     complete = done == len(radii) * steps
     with torch.no_grad():
-        least_coherence = spatial_coherence(generator(best_z.reshape(-1, *shape).to(device)), level).cpu()
+        least_coherence = spatial_coherence(generator(best_z.reshape(-1, *shape).to(device)), flat_distance).cpu()
     return FarGainResult(
         radii=list(radii),
         reference_gain=reference,
