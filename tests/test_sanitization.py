@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scanner.checks.base import ScanConfig, ScanContext, TargetHint
+from scanner.checks.base import CHECKS, Check, CheckResult, ScanConfig, ScanContext, TargetHint, register_check
 from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP, expdis_tolerance
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.checks.sanitization_fine_pruning import FinePruningSanitization, sleeper_units_by_layer
@@ -280,3 +280,65 @@ def test_perturbation_pulls_outlying_units_into_their_layer() -> None:
     biases = layer.bias.detach().double().numpy()
     assert abs(robust_z(log_norms)).max() <= CLIP_SIGMAS + 1.0
     assert abs(robust_z(biases)).max() <= CLIP_SIGMAS + 1.0
+
+
+def _upload_weights_detector(upload: Generator, *, fails_below: float) -> type[Check]:
+    """A stand-in for a target-free detector (no `requires`, as ob_oi.novelty) that also fails on a fresh
+    student — as novelty did on a fresh copy of a bench build of poisoning (27.7, line 25) — but not on a
+    copy that starts from the upload's weights: it fails a model whose weights point away from the upload's
+    (cosine below `fails_below`)."""
+
+    def weights(g: Generator) -> torch.Tensor:  # conv and linear kernels (a fresh norm layer's ones match any)
+        return torch.cat([v.flatten().float() for v in g.state_dict().values() if v.ndim >= 2])
+
+    reference = weights(upload)
+
+    class UploadWeights(Check):
+        name = "ob_oi.zz_test_upload_weights"
+
+        def run(self, ctx: ScanContext) -> CheckResult:
+            assert ctx.generator is not None
+            cosine = float(torch.nn.functional.cosine_similarity(weights(ctx.generator), reference, dim=0))
+            status = "fail" if cosine < fails_below else "pass"
+            return self.result(status, f"cosine {cosine:.3f}", score=cosine, threshold=fails_below)
+
+    return UploadWeights
+
+
+@pytest.mark.parametrize("fresh_fails", [True, False])
+def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_when_it_still_fails(
+    backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path, fresh_fails: bool
+) -> None:
+    """What failed on the upload runs again on the copy to be written, as a rescan would. A fresh student
+    that still fails it is replaced by a perturbed copy trained away from the same targets when that one
+    passes; a fresh student that passes is written as before, and no second copy is trained."""
+    detector = _upload_weights_detector(backdoored, fails_below=0.5 if fresh_fails else -2.0)
+    register_check(detector)
+    try:
+        # seed 1: the tiny upload was itself initialised from seed 0 and trained briefly, so a fresh student
+        # re-initialised from seed 0 would start at the upload's own init (kernel cosine 0.80; seed 1: 0.03)
+        # the control flow is under test, not the unlearning: no null copy, a light search (time in CI)
+        light = {"null_copy": False, "unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50}
+        params = {"sanitization.distillation": {**SANITIZATION_NO_TIME_CAP["sanitization.distillation"], **light}}
+        ctx = ScanContext(backdoored, [], ScanConfig(profile="quick", seed=1, params=params), tmp_path)
+        with torch.no_grad():
+            output = backdoored.eval()(z_trigger)[0]
+        ctx.shared["recovered_triggers"] = [{"source": detector.name, "z": z_trigger, "output": output}]
+        ctx.results[detector.name] = detector().result("fail", "stands for the upload's failed scan", score=0.0)
+        result = DistillationSanitization().run(ctx)
+    finally:
+        CHECKS.pop(detector.name, None)
+    written = result.evidence["written_copy"]
+    assert [row["source"] for row in written["unlearned"]] == [detector.name], written
+    assert written["rechecked"][detector.name]["status"] == "pass", written
+    assert (tmp_path / result.evidence["model_artifact"]).is_file()
+    fresh, *perturbed = written["candidates"]
+    assert fresh["copy"] == "fresh" and fresh["meets_bound"], written
+    if fresh_fails:
+        assert fresh["rechecked"][detector.name]["status"] == "fail" and not fresh.get("written"), written
+        assert written["copy"] == "perturbed, unlearned" and len(perturbed) == 1, written
+        assert perturbed[0]["written"] and perturbed[0]["seed"] == 1, written
+        assert f"the fresh copy still failed {detector.name}" in written["note"], written
+    else:
+        assert written["copy"] == "fresh" and fresh["written"] and not perturbed, written
+    assert "still fail" not in result.summary

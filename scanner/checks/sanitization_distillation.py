@@ -38,9 +38,16 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   at least unlearn_floor × the median distance of the upload's samples from the target. evidence
   ["written_copy"]["unlearned"] lists them with that floor and the closest the last search found. Keeping
   away from a target the upload draws over part of P_sample costs fidelity: the fresh copy's round 1 may
-  then train on to unlearn_steps_factor × max_round_steps. A fresh copy that misses the bound is followed by
-  a perturbed copy trained the same way (evidence["written_copy"]["copy"] "perturbed, unlearned" when it
-  meets the bound and is written).
+  then train on to unlearn_steps_factor × max_round_steps.
+- recheck, unlearned_perturbed_copies: each candidate copy that meets the bound is checked again by every
+  failed detector whose target it unlearned and that runs on a model alone (no `requires`: ob_oi.novelty,
+  bf_oi.outliers, ob_oi.far_gain) — same profile, parameters and seed, as a rescan of the artifact would.
+  When the fresh copy misses the bound or still fails a recheck, up to unlearned_perturbed_copies perturbed
+  copies (the scan's seed, then + RETRY_SEED_OFFSET) are trained away from the same targets, in what is left
+  of the budget. Written: the first candidate within the bound that passes every recheck, else the one within
+  the bound that fails fewest (the earliest of equals), else the perturbed reference copy. evidence
+  ["written_copy"]["candidates"] lists each candidate tried (copy, seed, steps, meets_bound, rechecked,
+  written); ["rechecked"] is the written copy's, and the summary names a detector that still fails on it.
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
@@ -69,12 +76,14 @@ DCGANs ≈ 1.35; .notes/sanitization.md, "stop 28").
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from scanner.checks.base import Check, CheckResult, Profile, ScanContext, Timer, register_check
+from scanner.checks.base import CHECKS, Check, CheckResult, Profile, ScanContext, Timer, register_check
 from scanner.checks.sanitization_common import (
     RECOVERED_TRIGGERS,
     SHARED_MODELS,
@@ -89,6 +98,7 @@ from scanner.sanitize import DistillResult, Penalty, StudentInit, TargetUnlearni
 from scanner.search.common import typical_radius
 
 NULL_SEED_OFFSET = 7919  # the null copy's seed: the scan's seed + this (any other seed would do)
+RETRY_SEED_OFFSET = 104729  # a second unlearned perturbed copy's seed: the scan's seed + this
 
 _COMMON: dict[str, Any] = {
     "init": "perturb",
@@ -126,6 +136,10 @@ _COMMON: dict[str, Any] = {
     # the upload draws over part of P_sample costs fidelity to keep away from (the bench's TrAIL in-sample
     # met the bound after 3300 steps, the quick cap 1800 left the perturbed copy written)
     "unlearn_steps_factor": 2,
+    # one run of each such detector per candidate copy (novelty: 10-20 s in quick on the bench's DCGANs)
+    "recheck": True,
+    # perturbed copies (other seeds) tried after a fresh one that misses the bound or still fails a recheck
+    "unlearned_perturbed_copies": 2,
 }
 
 
@@ -287,10 +301,11 @@ class DistillationSanitization(Check):
         accept: Callable[[Generator], bool],
         budget_s: float | None,
     ) -> None:
-        """Distil a fresh student and, when it meets the fidelity bound, write it out in place of the
-        perturbed copy (same artifact name); evidence["written_copy"] says which copy was written. When the
-        fresh student misses the bound and there are recovered targets to unlearn, a perturbed copy trained
-        away from them is tried next: it starts from the upload's weights, within reach of the bound."""
+        """Distil candidate copies and write out the first that meets the fidelity bound and passes the recheck
+        (else the one meeting the bound that fails fewest rechecks) in place of the perturbed copy (same artifact
+        name); evidence["written_copy"] says which copy was written and lists every candidate tried. The first
+        candidate is a fresh student; with recovered targets to unlearn, up to unlearned_perturbed_copies perturbed
+        copies trained away from them follow: they start from the upload's weights, within reach of the bound."""
         written: dict[str, Any] = {"copy": "perturbed", "init": out.evidence.get("init")}
         out.evidence["written_copy"] = written
         if not can_reinitialise(original):
@@ -301,32 +316,59 @@ class DistillationSanitization(Check):
             return
         timer = Timer()
         unlearning, unlearned = self._unlearning(ctx, original, p) if p["unlearn"] else (None, [])
-        trained = self._candidate(ctx, original, p, init="reinit", penalty=unlearning, accept=accept, budget_s=budget_s)
-        kind = "fresh"
-        if trained.stopped_early or not accept(trained.student):
-            missed = f"the fresh copy did not meet the fidelity bound in {_steps_run(trained)}"
+        detectors = _detectors_to_recheck(unlearned) if p["recheck"] else []
+        attempts = 1 if unlearning is None else 1 + int(p["unlearned_perturbed_copies"])
+        tried: list[dict[str, Any]] = []
+        chosen: tuple[DistillResult, dict[str, Any], TargetUnlearning | None] | None = None
+        for attempt in range(attempts):
             left = None if budget_s is None else budget_s - timer.elapsed
-            if unlearning is None or (left is not None and left <= 0):
-                self._record_unlearning(written, unlearned, unlearning)
-                written["note"] = f"{missed}: the perturbed copy is written"
-                return
-            # A fresh student cannot match an upload with almost no output variance (the bench's mode-collapsed
-            # poisoned DCGAN: 7e-5 per pixel, bound 0.1× that), but a perturbed one can, and it can unlearn too.
-            unlearning = unlearning.restarted()  # same targets and floors, a bank of its own
+            if attempt and _spent(left):
+                break
+            fresh = attempt == 0
+            # the fresh student unlearns with the penalty as built; each perturbed copy gets its own bank
+            penalty = unlearning if fresh or unlearning is None else unlearning.restarted()
+            seed = ctx.config.seed + max(attempt - 1, 0) * RETRY_SEED_OFFSET
             trained = self._candidate(
-                ctx, original, p, init="perturb", penalty=unlearning, accept=accept, budget_s=left
+                ctx,
+                original,
+                p,
+                init="reinit" if fresh else "perturb",
+                seed=seed,
+                penalty=penalty,
+                accept=accept,
+                budget_s=left,
             )
+            row: dict[str, Any] = {"copy": "fresh" if fresh else "perturbed, unlearned", "seed": seed}
+            row.update(steps=trained.steps, cut_short=trained.stopped_early)
+            row["meets_bound"] = not trained.stopped_early and accept(trained.student)
+            tried.append(row)
+            if not row["meets_bound"]:
+                continue
+            row["rechecked"] = _recheck(
+                ctx, trained.student, detectors, None if budget_s is None else budget_s - timer.elapsed
+            )
+            if chosen is None or len(_failed(row["rechecked"])) < len(_failed(chosen[1]["rechecked"])):
+                chosen = (trained, row, penalty)
+            if not _failed(row["rechecked"]):
+                break
+        written["candidates"] = tried
+        if chosen is None:
             self._record_unlearning(written, unlearned, unlearning)
-            if trained.stopped_early or not accept(trained.student):
-                written["note"] = (
-                    f"{missed}, nor did a perturbed copy kept from the recovered targets in {_steps_run(trained)}:"
-                    " the perturbed copy is written"
-                )
-                return
-            kind = "perturbed, unlearned"
-            written["note"] = f"{missed}: a perturbed copy kept from the recovered targets is written"
-        else:
-            self._record_unlearning(written, unlearned, unlearning)
+            written["note"] = f"{_missed(tried)}: the perturbed copy is written"
+            return
+        trained, row, penalty = chosen
+        self._record_unlearning(written, unlearned, penalty)
+        row["written"] = True
+        kind = str(row["copy"])
+        written["rechecked"] = rechecked = row["rechecked"]
+        if kind != "fresh":
+            fresh = tried[0]
+            why = (
+                f"still failed {', '.join(_failed(fresh['rechecked']))}"
+                if fresh["meets_bound"]
+                else f"did not meet the fidelity bound in {_steps_run(fresh)}"
+            )
+            written["note"] = f"the fresh copy {why}: a perturbed copy kept from the recovered targets is written"
         artifact, problem = export_sanitized(ctx, self.name, trained.student.eval())
         if artifact is None:  # a failed export may have left a partial file under the shared name: write it again
             export_sanitized(ctx, self.name, ctx.shared[SHARED_MODELS][self.name])
@@ -357,8 +399,11 @@ class DistillationSanitization(Check):
         ratios = [t["tardis_ratio"] for t in triggers if "tardis_ratio" in t]
         tardis = f", TarDis at recovered triggers ×{min(ratios):.3g} or more" if ratios else ""
         student = "a fresh student" if kind == "fresh" else "a perturbed copy trained away from the recovered targets"
+        still = _failed(rechecked)
+        recheck = f"; {', '.join(still)} still fail(s) on it" if still else ""
         out.summary += (
-            f"; written: {student} (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt})"
+            f"; written: {student} (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt}"
+            f"{recheck})"
         )
 
     def _candidate(
@@ -368,6 +413,7 @@ class DistillationSanitization(Check):
         p: dict[str, Any],
         *,
         init: StudentInit,
+        seed: int,
         penalty: TargetUnlearning | None,
         accept: Callable[[Generator], bool],
         budget_s: float | None,
@@ -377,7 +423,7 @@ class DistillationSanitization(Check):
             ctx,
             original,
             p,
-            seed=ctx.config.seed,
+            seed=seed,
             accept=accept,
             budget_s=budget_s,
             init=init,
@@ -445,5 +491,51 @@ class DistillationSanitization(Check):
         return penalty, rows
 
 
-def _steps_run(result: DistillResult) -> str:
-    return f"{result.steps} steps{' (cut short)' if result.stopped_early else ''}"
+def _steps_run(candidate: dict[str, Any]) -> str:
+    return f"{candidate['steps']} steps{' (cut short)' if candidate['cut_short'] else ''}"
+
+
+def _missed(tried: list[dict[str, Any]]) -> str:
+    """Why no candidate copy was written: each one tried missed the fidelity bound."""
+    steps = ", ".join(f"{row['copy']}: {_steps_run(row)}" for row in tried)
+    return f"no candidate copy met the fidelity bound ({steps})"
+
+
+def _spent(seconds_left: float | None) -> bool:
+    return seconds_left is not None and seconds_left <= 0
+
+
+def _detectors_to_recheck(unlearned: list[dict[str, Any]]) -> list[str]:
+    """The failed detectors whose recovered targets the copy unlearns and that can run on a model alone
+    (no `requires`: novelty, bf_oi.outliers, far_gain); a hinted reconstruction needs the scan's calibration,
+    and TarDis at its trigger is in the copy's evidence anyway."""
+    names = {str(row["source"]) for row in unlearned}
+    return sorted(n for n in names if n in CHECKS and not CHECKS[n].requires)
+
+
+def _recheck(
+    ctx: ScanContext, copy: Generator, detectors: list[str], seconds_left: float | None
+) -> dict[str, dict[str, Any]]:
+    """Run each detector on the copy as a rescan would (same profile, parameters and seed; its artifacts
+    discarded): a copy written out should not fail what failed on the upload. {name: status, score, threshold}."""
+    if not detectors:
+        return {}
+    if _spent(seconds_left):
+        return {name: {"status": "skipped", "note": "no time left in the check's budget"} for name in detectors}
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="dgmscan-recheck-") as scratch:
+        copy_ctx = ScanContext(
+            copy.eval(), list(ctx.targets), ctx.config, Path(scratch), should_cancel=ctx.should_cancel
+        )
+        for name in detectors:
+            try:
+                result = CHECKS[name]().run(copy_ctx)
+            except Exception as exc:  # a detector that breaks on the copy says nothing about it: recorded
+                rows[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+                continue
+            rows[name] = {"status": result.status, "score": result.score, "threshold": result.threshold}
+    return rows
+
+
+def _failed(rechecked: dict[str, dict[str, Any]]) -> list[str]:
+    return [name for name, row in rechecked.items() if row.get("status") == "fail"]
