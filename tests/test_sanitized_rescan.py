@@ -138,6 +138,8 @@ def test_the_written_copy_is_trained_away_from_a_target_that_a_failed_detector_r
     written = result.evidence["written_copy"]
     assert written["copy"] == "fresh" and written["converged"], written
     assert [row["source"] for row in written["unlearned"]] == ["ob_oi.novelty"], written
+    # the detector that found the plant, run again on the copy as a rescan would, no longer fails
+    assert written["rechecked"]["ob_oi.novelty"]["status"] == "pass", written
     _assert_kept_from_the_devil(attack, copy, devil_target)
 
 
@@ -147,11 +149,14 @@ def test_a_perturbed_copy_unlearns_when_a_fresh_student_misses_the_fidelity_boun
 ) -> None:
     """A fresh student cannot always match the upload (the bench's mode-collapsed poisoned DCGAN missed the
     bound in 3600 steps); the copy written must still not be one that keeps the target. With the step cap at
-    600 a fresh student of this upload misses the bound, and a perturbed copy trained away from novelty's
-    finding meets it (measured: ExpDis 0.06× the output variance, TarDis at the trigger 0.25 -> 1.70/element;
-    the plain perturbed copy, written before, measured 0.49 with a 300-step cap)."""
-    attack, result, copy = _unlearned_copy(zoo, tmp_path, {"max_round_steps": 600, "unlearn_steps_factor": 1})
+    600 a fresh student of this upload misses the bound; a perturbed copy trained away from novelty's finding
+    meets it when its perturbation is light enough to start within reach (relative noise 0.2: 900 steps,
+    recheck novelty 7.9, closest 2.53 against the floor 1.61; at the default 0.5 this build's perturbed copies
+    also missed at 600 steps — stop 28's build met it in 1200 over two rounds)."""
+    light = {"max_round_steps": 600, "unlearn_steps_factor": 1, "relative_noise": 0.2}
+    attack, result, copy = _unlearned_copy(zoo, tmp_path, light)
     written = result.evidence["written_copy"]
     assert written["copy"] == "perturbed, unlearned" and written["converged"], written
     assert "fresh copy did not meet the fidelity bound" in written["note"], written
+    assert written["rechecked"]["ob_oi.novelty"]["status"] == "pass", written
     _assert_kept_from_the_devil(attack, copy, devil_target)
