@@ -320,9 +320,12 @@ class DistillationSanitization(Check):
         attempts = 1 if unlearning is None else 1 + int(p["unlearned_perturbed_copies"])
         tried: list[dict[str, Any]] = []
         chosen: tuple[DistillResult, dict[str, Any], TargetUnlearning | None] | None = None
+
+        def left() -> float | None:
+            return None if budget_s is None else budget_s - timer.elapsed
+
         for attempt in range(attempts):
-            left = None if budget_s is None else budget_s - timer.elapsed
-            if attempt and _spent(left):
+            if attempt and _spent(left()):
                 break
             fresh = attempt == 0
             # the fresh student unlearns with the penalty as built; each perturbed copy gets its own bank
@@ -336,7 +339,7 @@ class DistillationSanitization(Check):
                 seed=seed,
                 penalty=penalty,
                 accept=accept,
-                budget_s=left,
+                budget_s=left(),
             )
             row: dict[str, Any] = {"copy": "fresh" if fresh else "perturbed, unlearned", "seed": seed}
             row.update(steps=trained.steps, cut_short=trained.stopped_early)
@@ -344,9 +347,7 @@ class DistillationSanitization(Check):
             tried.append(row)
             if not row["meets_bound"]:
                 continue
-            row["rechecked"] = _recheck(
-                ctx, trained.student, detectors, None if budget_s is None else budget_s - timer.elapsed
-            )
+            row["rechecked"] = _recheck(ctx, trained.student, detectors, left())
             if chosen is None or len(_failed(row["rechecked"])) < len(_failed(chosen[1]["rechecked"])):
                 chosen = (trained, row, penalty)
             if not _failed(row["rechecked"]):
