@@ -298,6 +298,17 @@ class TargetUnlearning:
         other._reset()
         return other
 
+    def extended(self, floors: torch.Tensor, targets: torch.Tensor, new_floors: torch.Tensor) -> TargetUnlearning:
+        """For another student, nothing found yet: the same settings, these floors for the present targets, and
+        more targets (none: an empty batch) each with its floor."""
+        if floors.shape != self.floors.shape or targets.shape[0] != new_floors.shape[0]:
+            raise ValueError("TargetUnlearning.extended needs one floor per target")
+        other = copy.copy(self)
+        other.targets = torch.cat([self.targets, targets.detach().float().cpu().reshape(-1, *self.targets.shape[1:])])
+        other.floors = torch.cat([floors.detach().float().cpu(), new_floors.detach().float().cpu()])
+        other._reset()
+        return other
+
     def _search(self, student: Generator) -> None:
         n = self.targets.shape[0]
         # one row per (target, restart), each with its own single start: every restart's end is kept

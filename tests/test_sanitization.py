@@ -11,6 +11,7 @@ import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +23,15 @@ from scanner.checks.sanitization_fine_pruning import FinePruningSanitization, sl
 from scanner.data import load_devil_target, load_z_trigger
 from scanner.generator import Generator
 from scanner.loading import load_generator
-from scanner.sanitize import distill, expected_distance, fine_prune, target_distance, unit_layers
+from scanner.sanitize import (
+    TargetUnlearning,
+    distill,
+    expected_distance,
+    fine_prune,
+    target_distance,
+    unit_layers,
+)
+from scanner.search.triggers import record_trigger
 from tests.tiny_models import red_backdoor, train_benign_dcgan
 
 N_EVAL = 512
@@ -282,11 +291,11 @@ def test_perturbation_pulls_outlying_units_into_their_layer() -> None:
     assert abs(robust_z(biases)).max() <= CLIP_SIGMAS + 1.0
 
 
-def _upload_weights_detector(upload: Generator, *, fails_below: float) -> type[Check]:
+def _upload_weights_detector(upload: Generator, *, fails_below: float, find: torch.Tensor) -> type[Check]:
     """A stand-in for a target-free detector (no `requires`, as ob_oi.novelty) that also fails on a fresh
     student — as novelty did on a fresh copy of a bench build of poisoning (27.7, line 25) — but not on a
     copy that starts from the upload's weights: it fails a model whose weights point away from the upload's
-    (cosine below `fails_below`)."""
+    (cosine below `fails_below`), and records the trigger it "recovered" there with `find` as the output."""
 
     def weights(g: Generator) -> torch.Tensor:  # conv and linear kernels (a fresh norm layer's ones match any)
         return torch.cat([v.flatten().float() for v in g.state_dict().values() if v.ndim >= 2])
@@ -300,6 +309,11 @@ def _upload_weights_detector(upload: Generator, *, fails_below: float) -> type[C
             assert ctx.generator is not None
             cosine = float(torch.nn.functional.cosine_similarity(weights(ctx.generator), reference, dim=0))
             status = "fail" if cosine < fails_below else "pass"
+            if status == "fail":
+                z = torch.zeros(1, *ctx.generator.latent.shape)
+                record_trigger(
+                    ctx.shared, ctx.generator, source=self.name, z=z, output=find, target=None, tardis_mean=None
+                )
             return self.result(status, f"cosine {cosine:.3f}", score=cosine, threshold=fails_below)
 
     return UploadWeights
@@ -311,8 +325,12 @@ def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_
 ) -> None:
     """What failed on the upload runs again on the copy to be written, as a rescan would. A fresh student
     that still fails it is replaced by a perturbed copy trained away from the same targets when that one
-    passes; a fresh student that passes is written as before, and no second copy is trained."""
-    detector = _upload_weights_detector(backdoored, fails_below=0.5 if fresh_fails else -2.0)
+    passes — trained away from what the recheck found on the fresh copy too; a fresh student that passes is
+    written as before, and no second copy is trained."""
+    with torch.no_grad():
+        output = backdoored.eval()(z_trigger)[0]
+    # what the recheck "finds" on a failing copy: the recovered target itself (the copy still draws it)
+    detector = _upload_weights_detector(backdoored, fails_below=0.5 if fresh_fails else -2.0, find=output)
     register_check(detector)
     try:
         # seed 1: the tiny upload was itself initialised from seed 0 and trained briefly, so a fresh student
@@ -321,8 +339,6 @@ def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_
         light = {"null_copy": False, "unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50}
         params = {"sanitization.distillation": {**SANITIZATION_NO_TIME_CAP["sanitization.distillation"], **light}}
         ctx = ScanContext(backdoored, [], ScanConfig(profile="quick", seed=1, params=params), tmp_path)
-        with torch.no_grad():
-            output = backdoored.eval()(z_trigger)[0]
         ctx.shared["recovered_triggers"] = [{"source": detector.name, "z": z_trigger, "output": output}]
         ctx.results[detector.name] = detector().result("fail", "stands for the upload's failed scan", score=0.0)
         result = DistillationSanitization().run(ctx)
@@ -338,7 +354,88 @@ def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_
         assert fresh["rechecked"][detector.name]["status"] == "fail" and not fresh.get("written"), written
         assert written["copy"] == "perturbed, unlearned" and len(perturbed) == 1, written
         assert perturbed[0]["written"] and perturbed[0]["seed"] == 1, written
+        # the fresh copy still drew the target where the recheck looked: the perturbed copy keeps farther from it
+        (find,) = fresh["recheck_finds"]
+        floor, raised = find["floor_raised"]
+        assert find["nearest_unlearned_mean"] == pytest.approx(0.0, abs=1e-6) and "added" not in find, written
+        assert raised == pytest.approx(1.3 * floor) and written["unlearned"][0]["floor_mean"] == pytest.approx(raised)
         assert f"the fresh copy still failed {detector.name}" in written["note"], written
     else:
         assert written["copy"] == "fresh" and fresh["written"] and not perturbed, written
+    assert "still fail" not in result.summary
+
+
+def test_a_recheck_find_near_an_unlearned_target_raises_its_floor_and_one_far_from_all_becomes_a_target(
+    backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    """What a failed recheck recovered on a candidate copy shapes the next one: nearer an unlearned target than
+    the upload's typical sample, it is that target's remnant (its floor is raised to 1.3 × the find's distance,
+    at most that typical distance); farther from every target, it becomes a target with a floor measured as for
+    the recovered ones."""
+    with torch.no_grad():
+        target = backdoored.eval()(z_trigger)[0]
+    check = DistillationSanitization()
+    ctx = ScanContext(backdoored, [], ScanConfig(profile="quick", seed=0), tmp_path)
+    p = check.params(ctx)
+    unlearned: list[dict[str, Any]] = [{"source": "ob_oi.novelty"}]
+    penalty = TargetUnlearning(target[None], check._floors(ctx, backdoored, p, target[None], unlearned), max_norm=None)
+    typical, floor = unlearned[0]["samples_median_mean"], unlearned[0]["floor_mean"]
+    assert floor == pytest.approx(0.5 * typical)
+    remnant = target + (0.6 * typical) ** 0.5  # per-element squared distance 0.6 × typical
+    elsewhere = target + 3.0  # farther than any output in [-1, 1] from it
+    candidate: dict[str, Any] = {"copy": "fresh", "seed": 0}
+    finds = [("ob_oi.novelty", remnant), ("ob_oi.novelty", elsewhere)]
+    extended, rows = check._unlearn_finds(ctx, backdoored, p, penalty, unlearned, finds, candidate)
+    near, far = candidate["recheck_finds"]
+    assert near["nearest_unlearned_mean"] == pytest.approx(0.6 * typical, rel=1e-4)
+    assert near["floor_raised"] == pytest.approx([floor, 1.3 * 0.6 * typical], rel=1e-4) and "added" not in near
+    assert far["added"] and far["nearest_unlearned_mean"] == pytest.approx(9.0, rel=1e-4)
+    assert extended.targets.shape[0] == 2 and torch.equal(extended.targets[1], elsewhere.reshape(target.shape))
+    assert float(extended.floors[0]) == pytest.approx(1.3 * 0.6 * typical, rel=1e-4)
+    assert len(rows) == 1 and float(extended.floors[1]) == pytest.approx(rows[0]["floor_mean"])
+    assert rows[0]["floor_mean"] == pytest.approx(0.5 * rows[0]["samples_median_mean"])
+    assert penalty.targets.shape[0] == 1 and float(penalty.floors[0]) == pytest.approx(floor)  # left as it was
+    # a remnant at 0.9 × typical: raised to typical distance, no farther
+    capped, _ = check._unlearn_finds(
+        ctx,
+        backdoored,
+        p,
+        penalty,
+        unlearned,
+        [("ob_oi.novelty", target + (0.9 * typical) ** 0.5)],
+        {"copy": "x", "seed": 0},
+    )
+    assert float(capped.floors[0]) == pytest.approx(typical, rel=1e-4) and capped.targets.shape[0] == 1
+
+
+def test_a_recheck_that_cannot_run_on_the_copy_is_named_in_the_summary_not_counted_as_passing(
+    backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    """A detector that breaks on the copy says nothing about it: the copy is written, but the user is told
+    it was not rechecked, and the copy is not presented as having passed."""
+
+    class Breaks(Check):
+        name = "ob_oi.zz_test_breaks_on_copies"
+
+        def run(self, ctx: ScanContext) -> CheckResult:
+            raise RuntimeError("cannot run on this copy")
+
+    register_check(Breaks)
+    try:
+        # as the rechecked test's passing case (seed 1: its fresh copy meets the bound), one round each
+        light = {"null_copy": False, "rounds": 1, "fresh_copy_rounds": 1}
+        light |= {"unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50}
+        params = {"sanitization.distillation": {**SANITIZATION_NO_TIME_CAP["sanitization.distillation"], **light}}
+        ctx = ScanContext(backdoored, [], ScanConfig(profile="quick", seed=1, params=params), tmp_path)
+        with torch.no_grad():
+            output = backdoored.eval()(z_trigger)[0]
+        ctx.shared["recovered_triggers"] = [{"source": Breaks.name, "z": z_trigger, "output": output}]
+        ctx.results[Breaks.name] = Breaks().result("fail", "stands for the upload's failed scan", score=0.0)
+        result = DistillationSanitization().run(ctx)
+    finally:
+        CHECKS.pop(Breaks.name, None)
+    written = result.evidence["written_copy"]
+    assert written["copy"] == "fresh", written
+    assert written["rechecked"][Breaks.name] == {"status": "error", "error": "RuntimeError: cannot run on this copy"}
+    assert f"{Breaks.name} not rechecked on it (RuntimeError: cannot run on this copy)" in result.summary
     assert "still fail" not in result.summary

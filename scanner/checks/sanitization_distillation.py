@@ -47,7 +47,13 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   of the budget. Written: the first candidate within the bound that passes every recheck, else the one within
   the bound that fails fewest (the earliest of equals), else the perturbed reference copy. evidence
   ["written_copy"]["candidates"] lists each candidate tried (copy, seed, steps, meets_bound, rechecked,
-  written); ["rechecked"] is the written copy's, and the summary names a detector that still fails on it.
+  written); ["rechecked"] is the written copy's, and the summary names a detector that still fails on it, or
+  that could not run on it (no time left, an error). unlearn_recheck_finds, unlearn_floor_raise: a perturbed
+  copy that follows a candidate which still failed learns from that candidate's output at the trigger the failed
+  recheck recovered. Nearer an unlearned target than the upload's typical sample, it is that target's remnant,
+  held just beyond its floor: the floor is raised to unlearn_floor_raise × its distance (at most the typical
+  sample's distance). Farther from every target, it becomes a target of its own (floor measured as for the
+  recovered ones). candidates[i]["recheck_finds"] say which happened.
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
@@ -78,6 +84,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -138,6 +145,11 @@ _COMMON: dict[str, Any] = {
     "unlearn_steps_factor": 2,
     # one run of each such detector per candidate copy (novelty: 10-20 s in quick on the bench's DCGANs)
     "recheck": True,
+    # a perturbed copy after one that still fails a recheck learns from that copy's output at the detector's z*:
+    # a remnant of an unlearned target raises its floor to unlearn_floor_raise × the remnant's distance, any
+    # other output becomes a target
+    "unlearn_recheck_finds": True,
+    "unlearn_floor_raise": 1.3,
     # perturbed copies (other seeds) tried after a fresh one that misses the bound or still fails a recheck
     "unlearned_perturbed_copies": 2,
 }
@@ -319,7 +331,9 @@ class DistillationSanitization(Check):
         detectors = _detectors_to_recheck(unlearned) if p["recheck"] else []
         attempts = 1 if unlearning is None else 1 + int(p["unlearned_perturbed_copies"])
         tried: list[dict[str, Any]] = []
-        chosen: tuple[DistillResult, dict[str, Any], TargetUnlearning | None] | None = None
+        chosen: _Candidate | None = None
+        # what the perturbed copies unlearn: the recovered targets, then what a recheck found on an earlier candidate
+        targets_rows = list(unlearned)
 
         def left() -> float | None:
             return None if budget_s is None else budget_s - timer.elapsed
@@ -344,21 +358,27 @@ class DistillationSanitization(Check):
             row: dict[str, Any] = {"copy": "fresh" if fresh else "perturbed, unlearned", "seed": seed}
             row.update(steps=trained.steps, cut_short=trained.stopped_early)
             row["meets_bound"] = not trained.stopped_early and accept(trained.student)
+            if penalty is not None:
+                row["unlearned_targets"] = int(penalty.targets.shape[0])
             tried.append(row)
             if not row["meets_bound"]:
                 continue
-            row["rechecked"] = _recheck(ctx, trained.student, detectors, left())
-            if chosen is None or len(_failed(row["rechecked"])) < len(_failed(chosen[1]["rechecked"])):
-                chosen = (trained, row, penalty)
+            row["rechecked"], finds = _recheck(ctx, trained.student, detectors, left())
+            candidate = _Candidate(trained, row, penalty, targets_rows[: row.get("unlearned_targets", 0)])
+            if chosen is None or candidate.rank < chosen.rank:
+                chosen = candidate
             if not _failed(row["rechecked"]):
                 break
+            if unlearning is not None and p["unlearn_recheck_finds"] and attempt + 1 < attempts:
+                unlearning, added = self._unlearn_finds(ctx, original, p, unlearning, targets_rows, finds, row)
+                targets_rows += added
         written["candidates"] = tried
         if chosen is None:
-            self._record_unlearning(written, unlearned, unlearning)
+            self._record_unlearning(written, unlearned, unlearning)  # no candidate met the bound: nothing was extended
             written["note"] = f"{_missed(tried)}: the perturbed copy is written"
             return
-        trained, row, penalty = chosen
-        self._record_unlearning(written, unlearned, penalty)
+        trained, row = chosen.trained, chosen.row
+        self._record_unlearning(written, chosen.unlearned, chosen.penalty)
         row["written"] = True
         kind = str(row["copy"])
         written["rechecked"] = rechecked = row["rechecked"]
@@ -400,8 +420,10 @@ class DistillationSanitization(Check):
         ratios = [t["tardis_ratio"] for t in triggers if "tardis_ratio" in t]
         tardis = f", TarDis at recovered triggers ×{min(ratios):.3g} or more" if ratios else ""
         student = "a fresh student" if kind == "fresh" else "a perturbed copy trained away from the recovered targets"
-        still = _failed(rechecked)
+        still, unverified = _failed(rechecked), _unverified(rechecked)
         recheck = f"; {', '.join(still)} still fail(s) on it" if still else ""
+        if unverified:
+            recheck += f"; {', '.join(unverified)} not rechecked on it ({_why_unverified(rechecked, unverified)})"
         out.summary += (
             f"; written: {student} (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt}"
             f"{recheck})"
@@ -438,9 +460,11 @@ class DistillationSanitization(Check):
         written: dict[str, Any], unlearned: list[dict[str, Any]], unlearning: TargetUnlearning | None
     ) -> None:
         if unlearning is not None:
-            for row, closest in zip(unlearned, unlearning.closest, strict=True):
+            rows = [dict(row) for row in unlearned]  # a later candidate may have raised a floor: its own
+            for row, floor, closest in zip(rows, unlearning.floors.tolist(), unlearning.closest, strict=True):
+                row["floor_mean"] = floor
                 row["closest_found_mean"] = closest  # the last search on the student, before its last steps
-            written["unlearned"] = unlearned
+            written["unlearned"] = rows
 
     def _unlearning(
         self, ctx: ScanContext, original: Generator, p: dict[str, Any]
@@ -473,12 +497,7 @@ class DistillationSanitization(Check):
         if not images:
             return None, []
         targets = torch.stack(images)
-        z = original.latent.sample(int(p["n_eval"]), generator=ctx.rng(self.name + ".unlearn"), device=original.device)
-        samples = original.generate(z).float().cpu().flatten(1)
-        typical = torch.cdist(targets.flatten(1), samples).pow(2).div(original.output.numel).median(1).values
-        floors = float(p["unlearn_floor"]) * typical
-        for row, level, floor in zip(rows, typical, floors, strict=True):
-            row.update(samples_median_mean=float(level), floor_mean=float(floor))
+        floors = self._floors(ctx, original, p, targets, rows)
         penalty = TargetUnlearning(
             targets,
             floors,
@@ -490,6 +509,88 @@ class DistillationSanitization(Check):
             seed=ctx.config.seed,
         )
         return penalty, rows
+
+    def _floors(
+        self,
+        ctx: ScanContext,
+        original: Generator,
+        p: dict[str, Any],
+        targets: torch.Tensor,
+        rows: list[dict[str, Any]],
+    ) -> torch.Tensor:
+        """Per target: unlearn_floor × the median per-element distance of the upload's samples to it (recorded in
+        `rows`). The same samples for every call of a scan (its own rng stream)."""
+        z = original.latent.sample(int(p["n_eval"]), generator=ctx.rng(self.name + ".unlearn"), device=original.device)
+        samples = original.generate(z).float().cpu().flatten(1)
+        typical = torch.cdist(targets.flatten(1), samples).pow(2).div(original.output.numel).median(1).values
+        floors = float(p["unlearn_floor"]) * typical
+        for row, level, floor in zip(rows, typical, floors, strict=True):
+            row.update(samples_median_mean=float(level), floor_mean=float(floor))
+        return floors
+
+    def _unlearn_finds(
+        self,
+        ctx: ScanContext,
+        original: Generator,
+        p: dict[str, Any],
+        unlearning: TargetUnlearning,
+        unlearned: list[dict[str, Any]],
+        finds: list[tuple[str, torch.Tensor]],
+        candidate: dict[str, Any],
+    ) -> tuple[TargetUnlearning, list[dict[str, Any]]]:
+        """The penalty for the next candidate, from the outputs a failed recheck recovered on this one (at the
+        detector's z*); `unlearned` describes the penalty's targets in order. Why: a candidate that still fails
+        novelty draws an isolated plateau (the bench's poisoning in-sample seed 2: both perturbed copies
+        1.04-1.06× over the line, .notes/sanitization.md "stop 31"). Nearer an unlearned target than the upload's
+        typical sample, that output is the target's remnant held just outside its floor: the floor is raised to
+        unlearn_floor_raise × that distance (never beyond the typical sample's). Farther, it is a plateau of the
+        copy's own making that no recovered target names: it becomes a target with its own floor."""
+        rows: list[dict[str, Any]] = []
+        images: list[torch.Tensor] = []
+        known = unlearning.targets.flatten(1)
+        floors = unlearning.floors.clone()
+        typical = torch.tensor([float(row["samples_median_mean"]) for row in unlearned])
+        for source, output in finds:
+            image = output.reshape(1, -1).float().cpu()
+            if image.shape[1] != known.shape[1] or not bool(torch.isfinite(image).all()):
+                continue
+            nearest = (known - image).pow(2).mean(1)
+            which = int(nearest.argmin())
+            distance = float(nearest[which])
+            note: dict[str, Any] = {"source": source, "nearest_unlearned": which, "nearest_unlearned_mean": distance}
+            candidate.setdefault("recheck_finds", []).append(note)
+            if distance < float(typical[which]):
+                raised = min(
+                    float(p["unlearn_floor_raise"]) * max(distance, float(floors[which])), float(typical[which])
+                )
+                note["floor_raised"] = [float(floors[which]), raised]
+                floors[which] = max(float(floors[which]), raised)
+                continue
+            note["added"] = True
+            rows.append(
+                {"source": source, "target": f"the {candidate['copy']} copy's (seed {candidate['seed']}) output at z*"}
+            )
+            images.append(image.reshape(original.output.shape))
+        if not images:
+            return unlearning.extended(floors, torch.empty(0, *original.output.shape), torch.empty(0)), []
+        targets = torch.stack(images)
+        return unlearning.extended(floors, targets, self._floors(ctx, original, p, targets, rows)), rows
+
+
+@dataclass
+class _Candidate:
+    """A copy that met the fidelity bound, with its row of evidence and what it was trained away from."""
+
+    trained: DistillResult
+    row: dict[str, Any]
+    penalty: TargetUnlearning | None
+    unlearned: list[dict[str, Any]]
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Lower is better: rechecks failed, then rechecks that could not run (budget, error)."""
+        rechecked = self.row["rechecked"]
+        return len(_failed(rechecked)), len(_unverified(rechecked))
 
 
 def _steps_run(candidate: dict[str, Any]) -> str:
@@ -516,13 +617,14 @@ def _detectors_to_recheck(unlearned: list[dict[str, Any]]) -> list[str]:
 
 def _recheck(
     ctx: ScanContext, copy: Generator, detectors: list[str], seconds_left: float | None
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, torch.Tensor]]]:
     """Run each detector on the copy as a rescan would (same profile, parameters and seed; its artifacts
-    discarded): a copy written out should not fail what failed on the upload. {name: status, score, threshold}."""
+    discarded): a copy written out should not fail what failed on the upload. {name: status, score, threshold},
+    and the outputs at the triggers the failed ones recovered on the copy, as (detector, output)."""
     if not detectors:
-        return {}
+        return {}, []
     if _spent(seconds_left):
-        return {name: {"status": "skipped", "note": "no time left in the check's budget"} for name in detectors}
+        return {name: {"status": "skipped", "note": "no time left in the check's budget"} for name in detectors}, []
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="dgmscan-recheck-") as scratch:
         copy_ctx = ScanContext(
@@ -535,8 +637,27 @@ def _recheck(
                 rows[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
                 continue
             rows[name] = {"status": result.status, "score": result.score, "threshold": result.threshold}
-    return rows
+        found = copy_ctx.shared.get(RECOVERED_TRIGGERS) or []
+    finds = [
+        (str(entry["source"]), entry["output"])
+        for entry in found
+        if isinstance(entry, dict)
+        and isinstance(entry.get("output"), torch.Tensor)
+        and rows.get(str(entry.get("source")), {}).get("status") == "fail"
+    ]
+    return rows, finds
 
 
 def _failed(rechecked: dict[str, dict[str, Any]]) -> list[str]:
     return [name for name, row in rechecked.items() if row.get("status") == "fail"]
+
+
+def _unverified(rechecked: dict[str, dict[str, Any]]) -> list[str]:
+    """Detectors that did not run to a verdict on the copy (no time left, or an error)."""
+    return [name for name, row in rechecked.items() if row.get("status") not in ("pass", "warn", "fail")]
+
+
+def _why_unverified(rechecked: dict[str, dict[str, Any]], names: list[str]) -> str:
+    return "; ".join(
+        sorted({str(rechecked[n].get("note") or rechecked[n].get("error") or rechecked[n]["status"]) for n in names})
+    )
