@@ -319,6 +319,32 @@ def _upload_weights_detector(upload: Generator, *, fails_below: float, find: tor
     return UploadWeights
 
 
+def _sanitize_after_a_failed_detector(
+    detector: type[Check], upload: Generator, z_trigger: torch.Tensor, tmp_path: Path, **params: Any
+) -> CheckResult:
+    """sanitization.distillation on `upload` as in a scan where `detector` (registered for the run) failed and
+    recovered z_trigger, the upload's output there its target. Scan seed 1: the tiny upload was itself initialised
+    from seed 0 and trained briefly, so a fresh student re-initialised from seed 0 would start at the upload's own
+    init (kernel cosine 0.80; seed 1: 0.03). The control flow is under test, not the unlearning: no null copy, a
+    light search (time in CI)."""
+    light = {"null_copy": False, "unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50, **params}
+    config = ScanConfig(
+        profile="quick",
+        seed=1,
+        params={"sanitization.distillation": {**SANITIZATION_NO_TIME_CAP["sanitization.distillation"], **light}},
+    )
+    ctx = ScanContext(upload, [], config, tmp_path)
+    with torch.no_grad():
+        output = upload.eval()(z_trigger)[0]
+    ctx.shared["recovered_triggers"] = [{"source": detector.name, "z": z_trigger, "output": output}]
+    ctx.results[detector.name] = detector().result("fail", "stands for the upload's failed scan", score=0.0)
+    register_check(detector)
+    try:
+        return DistillationSanitization().run(ctx)
+    finally:
+        CHECKS.pop(detector.name, None)
+
+
 @pytest.mark.parametrize("fresh_fails", [True, False])
 def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_when_it_still_fails(
     backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path, fresh_fails: bool
@@ -331,19 +357,7 @@ def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_
         output = backdoored.eval()(z_trigger)[0]
     # what the recheck "finds" on a failing copy: the recovered target itself (the copy still draws it)
     detector = _upload_weights_detector(backdoored, fails_below=0.5 if fresh_fails else -2.0, find=output)
-    register_check(detector)
-    try:
-        # seed 1: the tiny upload was itself initialised from seed 0 and trained briefly, so a fresh student
-        # re-initialised from seed 0 would start at the upload's own init (kernel cosine 0.80; seed 1: 0.03)
-        # the control flow is under test, not the unlearning: no null copy, a light search (time in CI)
-        light = {"null_copy": False, "unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50}
-        params = {"sanitization.distillation": {**SANITIZATION_NO_TIME_CAP["sanitization.distillation"], **light}}
-        ctx = ScanContext(backdoored, [], ScanConfig(profile="quick", seed=1, params=params), tmp_path)
-        ctx.shared["recovered_triggers"] = [{"source": detector.name, "z": z_trigger, "output": output}]
-        ctx.results[detector.name] = detector().result("fail", "stands for the upload's failed scan", score=0.0)
-        result = DistillationSanitization().run(ctx)
-    finally:
-        CHECKS.pop(detector.name, None)
+    result = _sanitize_after_a_failed_detector(detector, backdoored, z_trigger, tmp_path)
     written = result.evidence["written_copy"]
     assert [row["source"] for row in written["unlearned"]] == [detector.name], written
     assert written["rechecked"][detector.name]["status"] == "pass", written
@@ -420,20 +434,8 @@ def test_a_recheck_that_cannot_run_on_the_copy_is_named_in_the_summary_not_count
         def run(self, ctx: ScanContext) -> CheckResult:
             raise RuntimeError("cannot run on this copy")
 
-    register_check(Breaks)
-    try:
-        # as the rechecked test's passing case (seed 1: its fresh copy meets the bound), one round each
-        light = {"null_copy": False, "rounds": 1, "fresh_copy_rounds": 1}
-        light |= {"unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50}
-        params = {"sanitization.distillation": {**SANITIZATION_NO_TIME_CAP["sanitization.distillation"], **light}}
-        ctx = ScanContext(backdoored, [], ScanConfig(profile="quick", seed=1, params=params), tmp_path)
-        with torch.no_grad():
-            output = backdoored.eval()(z_trigger)[0]
-        ctx.shared["recovered_triggers"] = [{"source": Breaks.name, "z": z_trigger, "output": output}]
-        ctx.results[Breaks.name] = Breaks().result("fail", "stands for the upload's failed scan", score=0.0)
-        result = DistillationSanitization().run(ctx)
-    finally:
-        CHECKS.pop(Breaks.name, None)
+    # one round each: the copy's training is not under test
+    result = _sanitize_after_a_failed_detector(Breaks, backdoored, z_trigger, tmp_path, rounds=1, fresh_copy_rounds=1)
     written = result.evidence["written_copy"]
     assert written["copy"] == "fresh", written
     assert written["rechecked"][Breaks.name] == {"status": "error", "error": "RuntimeError: cannot run on this copy"}

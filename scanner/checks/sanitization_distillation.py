@@ -53,7 +53,10 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   recheck recovered. Nearer an unlearned target than the upload's typical sample, it is that target's remnant,
   held just beyond its floor: the floor is raised to unlearn_floor_raise × its distance (at most the typical
   sample's distance). Farther from every target, it becomes a target of its own (floor measured as for the
-  recovered ones). candidates[i]["recheck_finds"] say which happened.
+  recovered ones). candidates[i]["recheck_finds"] say which happened. Measured on the bench's poisoning
+  in-sample seed 2 with the novelty line at 18 (its first copy's 20.4 a fail): the next copy scored 24.4
+  without this, 22.3 with the find added as a target (it lay 1.05× the floor from the unlearned target: a
+  remnant), 8.8 with the floor raised (.notes/sanitization.md, "stop 32").
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
