@@ -325,9 +325,10 @@ def _sanitize_after_a_failed_detector(
     """sanitization.distillation on `upload` as in a scan where `detector` (registered for the run) failed and
     recovered z_trigger, the upload's output there its target. Scan seed 1: the tiny upload was itself initialised
     from seed 0 and trained briefly, so a fresh student re-initialised from seed 0 would start at the upload's own
-    init (kernel cosine 0.80; seed 1: 0.03). The control flow is under test, not the unlearning: no null copy, a
-    light search (time in CI)."""
-    light = {"null_copy": False, "unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50, **params}
+    init (kernel cosine 0.80; seed 1: 0.03). The control flow of the written copy is under test, not the unlearning
+    nor the detectors' reference copy: no null copy, one round of the reference copy, a light search (time in CI)."""
+    light = {"null_copy": False, "rounds": 1, "unlearn_every": 150, "unlearn_restarts": 4, "unlearn_steps": 50}
+    light |= params
     config = ScanConfig(
         profile="quick",
         seed=1,
@@ -434,8 +435,8 @@ def test_a_recheck_that_cannot_run_on_the_copy_is_named_in_the_summary_not_count
         def run(self, ctx: ScanContext) -> CheckResult:
             raise RuntimeError("cannot run on this copy")
 
-    # one round each: the copy's training is not under test
-    result = _sanitize_after_a_failed_detector(Breaks, backdoored, z_trigger, tmp_path, rounds=1, fresh_copy_rounds=1)
+    # one round of the fresh copy too: its training is not under test
+    result = _sanitize_after_a_failed_detector(Breaks, backdoored, z_trigger, tmp_path, fresh_copy_rounds=1)
     written = result.evidence["written_copy"]
     assert written["copy"] == "fresh", written
     assert written["rechecked"][Breaks.name] == {"status": "error", "error": "RuntimeError: cannot run on this copy"}
