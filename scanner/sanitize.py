@@ -298,14 +298,18 @@ class TargetUnlearning:
         other._reset()
         return other
 
-    def extended(self, floors: torch.Tensor, targets: torch.Tensor, new_floors: torch.Tensor) -> TargetUnlearning:
+    def extended(
+        self, floors: torch.Tensor, targets: torch.Tensor | None = None, new_floors: torch.Tensor | None = None
+    ) -> TargetUnlearning:
         """For another student, nothing found yet: the same settings, these floors for the present targets, and
-        more targets (none: an empty batch) each with its floor."""
+        more targets (if given) each with its floor."""
+        targets = self.targets[:0] if targets is None else targets.detach().float().cpu()
+        new_floors = self.floors[:0] if new_floors is None else new_floors.detach().float().cpu()
         if floors.shape != self.floors.shape or targets.shape[0] != new_floors.shape[0]:
             raise ValueError("TargetUnlearning.extended needs one floor per target")
         other = copy.copy(self)
-        other.targets = torch.cat([self.targets, targets.detach().float().cpu().reshape(-1, *self.targets.shape[1:])])
-        other.floors = torch.cat([floors.detach().float().cpu(), new_floors.detach().float().cpu()])
+        other.targets = torch.cat([self.targets, targets.reshape(-1, *self.targets.shape[1:])])
+        other.floors = torch.cat([floors.detach().float().cpu(), new_floors])
         other._reset()
         return other
 

@@ -575,7 +575,7 @@ class DistillationSanitization(Check):
             )
             images.append(image.reshape(original.output.shape))
         if not images:
-            return unlearning.extended(floors, torch.empty(0, *original.output.shape), torch.empty(0)), []
+            return unlearning.extended(floors), []
         targets = torch.stack(images)
         return unlearning.extended(floors, targets, self._floors(ctx, original, p, targets, rows)), rows
 
