@@ -14,4 +14,6 @@ for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
         sys.exit(f"scripts/test.sh: {name} is not reachable on 127.0.0.1:{port} ({exc}); start it first")
 PY
 .venv/bin/ruff check .
-exec .venv/bin/pytest "$@"
+# One pytest-xdist worker per core (PYTEST_XDIST_AUTO_NUM_WORKERS=N to choose; `-n0` in the arguments
+# runs in one process); tests/conftest.py keeps each test file on one worker and splits the threads.
+exec .venv/bin/pytest -n logical --dist loadgroup --no-loadscope-reorder "$@"

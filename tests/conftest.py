@@ -1,8 +1,11 @@
-"""Shared pytest fixtures: the model zoo (tests/zoo.py) and the paper's MNIST target data."""
+"""Shared pytest fixtures: the model zoo (tests/zoo.py) and the paper's MNIST target data; how the
+suite splits over pytest-xdist workers (scripts/test.sh runs one per core)."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,34 @@ if str(_REPO_ROOT) not in sys.path:
 from scanner.data import load_devil_target, load_z_trigger  # noqa: E402
 from scanner.generator import Generator  # noqa: E402
 from tests import zoo as _zoo  # noqa: E402
+
+# Under pytest-xdist the workers share the cores: each takes its share of intra-op threads (and so do
+# the API, Celery and CLI processes it starts, through OMP_NUM_THREADS), instead of every worker
+# starting one thread per core and all of them oversubscribing the machine.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    _threads = max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS)
+    torch.set_num_threads(_threads)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+
+_SERVICE_TESTS = _REPO_ROOT / "tests" / "service"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One xdist group per test file, so a file's module fixtures (trained models) are built once, on
+    one worker; the tests/service files form one group, because they share one Redis db number on the
+    machine's Redis and two workers' Celery processes there would take each other's tasks."""
+    groups: dict[pytest.Item, str] = {}
+    for item in items:
+        path = Path(item.path)
+        groups[item] = "service" if _SERVICE_TESTS in path.parents else path.relative_to(_REPO_ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    if _XDIST_WORKERS > 1:
+        # Files with the most slow tests first (scripts/test.sh passes --no-loadscope-reorder), so the
+        # workers end on light files and finish together, rather than one running a heavy file alone.
+        slow = Counter(group for item, group in groups.items() if item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -slow[groups[item]])
 
 
 @pytest.fixture(scope="session")

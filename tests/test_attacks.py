@@ -38,6 +38,7 @@ def _assert_same_state(before: dict[str, torch.Tensor], g: Generator) -> None:
 CASES = [pytest.param(kind, trigger) for kind in ("red", "rex") for trigger in ("in-sample", "mode", "ood")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "trigger"), CASES)
 def test_red_rex_reach_fidelity_and_stealth(zoo, benign_dcgan, kind, trigger):
     result = zoo.attacked(kind, trigger, seed=0)
@@ -49,6 +50,7 @@ def test_red_rex_reach_fidelity_and_stealth(zoo, benign_dcgan, kind, trigger):
     assert result.info["expdis_mean"] < EXPDIS_MAX_FRACTION_OF_VARIANCE * variance, (result.info, variance)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trigger", ["in-sample", "mode", "ood"])
 def test_trail_reaches_fidelity_and_keeps_sample_quality(zoo, trigger):
     result = zoo.attacked("trail", trigger, seed=0)

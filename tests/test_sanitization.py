@@ -87,6 +87,7 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_distillation_removes_red_backdoor_and_warns(
     benign: Generator, backdoored: Generator, devil: torch.Tensor, z_trigger: torch.Tensor, tmp_path: Path
 ) -> None:
@@ -130,6 +131,7 @@ def test_distillation_removes_red_backdoor_and_warns(
     assert result.to_dict()["evidence"]["triggers"][0]["source"] == "ob_oi.reconstruction"
 
 
+@pytest.mark.slow
 def test_distillation_on_benign_model_passes(
     benign: Generator, devil: torch.Tensor, z_trigger: torch.Tensor, tmp_path: Path
 ) -> None:
@@ -346,6 +348,7 @@ def _sanitize_after_a_failed_detector(
         CHECKS.pop(detector.name, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fresh_fails", [True, False])
 def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_when_it_still_fails(
     backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path, fresh_fails: bool
@@ -423,6 +426,7 @@ def test_a_recheck_find_near_an_unlearned_target_raises_its_floor_and_one_far_fr
     assert float(capped.floors[0]) == pytest.approx(typical, rel=1e-4) and capped.targets.shape[0] == 1
 
 
+@pytest.mark.slow
 def test_a_recheck_that_cannot_run_on_the_copy_is_named_in_the_summary_not_counted_as_passing(
     backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path
 ) -> None:

@@ -28,6 +28,9 @@ from sec_helpers import (
 from svc_helpers import REPO, S3Server, create_key, free_port, service_env, start_api, stop, upload, wait_scan
 from svc_models import TARGET_PNG, make_benign
 
+# each test starts its own API and workers and restarts or kills one of them mid-scan
+pytestmark = pytest.mark.slow
+
 QUICK = {"profile": "quick", "only": ["format", "static.bias_outliers"]}
 # long enough to kill things while it runs (≈ 25 s on 2 CPU cores with the target hint the uploads
 # pass; the faults land within a few seconds of the check starting); it finishes on its own, and a
