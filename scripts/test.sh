@@ -16,4 +16,4 @@ PY
 .venv/bin/ruff check .
 # One pytest-xdist worker per core (PYTEST_XDIST_AUTO_NUM_WORKERS=N to choose; `-n0` in the arguments
 # runs in one process); tests/conftest.py keeps each test file on one worker and splits the threads.
-exec .venv/bin/pytest -n logical --dist loadgroup --no-loadscope-reorder "$@"
+exec .venv/bin/pytest -n logical --dist loadfile --no-loadscope-reorder "$@"

@@ -29,24 +29,38 @@ if _XDIST_WORKERS > 1:
     torch.set_num_threads(_threads)
     os.environ["OMP_NUM_THREADS"] = str(_threads)
 
-_SERVICE_TESTS = _REPO_ROOT / "tests" / "service"
+_SERVICE_DIR = "tests/service/"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist loadgroup)
+def _file_group(nodeid: str) -> str:
+    """The xdist work unit of a test: its file, except that the tests/service files form one unit,
+    because they share one Redis db number on the machine's Redis and two workers' Celery processes
+    there would take each other's tasks."""
+    path = nodeid.split("::", 1)[0]
+    return _SERVICE_DIR if path.startswith(_SERVICE_DIR) else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` with tests/service as one unit: a file's module fixtures (trained models) are
+    built once, on one worker. (xdist's loadgroup would do this through markers, but it renames node
+    ids in a way pytest 9 no longer honours.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ServiceAsOneFileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _file_group(nodeid)
+
+    return ServiceAsOneFileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One xdist group per test file, so a file's module fixtures (trained models) are built once, on
-    one worker; the tests/service files form one group, because they share one Redis db number on the
-    machine's Redis and two workers' Celery processes there would take each other's tasks."""
-    groups: dict[pytest.Item, str] = {}
-    for item in items:
-        path = Path(item.path)
-        groups[item] = "service" if _SERVICE_TESTS in path.parents else path.relative_to(_REPO_ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group(groups[item]))
     if _XDIST_WORKERS > 1:
         # Files with the most slow tests first (scripts/test.sh passes --no-loadscope-reorder), so the
         # workers end on light files and finish together, rather than one running a heavy file alone.
-        slow = Counter(group for item, group in groups.items() if item.get_closest_marker("slow"))
-        items.sort(key=lambda item: -slow[groups[item]])
+        slow = Counter(_file_group(item.nodeid) for item in items if item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -slow[_file_group(item.nodeid)])
 
 
 @pytest.fixture(scope="session")
