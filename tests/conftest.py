@@ -1,5 +1,5 @@
 """Shared pytest fixtures: the model zoo (tests/zoo.py) and the paper's MNIST target data; how the
-suite splits over pytest-xdist workers (scripts/test.sh runs one per core)."""
+suite splits over pytest-xdist workers when asked to (DGMSCAN_TEST_WORKERS, scripts/test.sh)."""
 
 from __future__ import annotations
 

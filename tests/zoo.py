@@ -47,7 +47,8 @@ VAE_SETTINGS: dict[str, Any] = {"epochs": 3, "latent_dim": 20, "hidden": 400}
 
 # Entries train on this many intra-op threads (single-threaded ones on one) whatever the process runs
 # on — a pytest-xdist worker runs on its share of the cores — so a machine builds the same models
-# however the suite is split (the count the attack recipes were tuned on: these machines' 2 cores).
+# however the suite is split (the count the attack recipes were tuned on: these machines' 2 cores;
+# under xdist on 2 cores this oversubscribes them while a model trains).
 ZOO_TRAIN_THREADS = 2
 
 _memory: dict[str, Any] = {}
