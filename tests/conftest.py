@@ -40,6 +40,7 @@ def _file_group(nodeid: str) -> str:
     return _SERVICE_DIR if path.startswith(_SERVICE_DIR) else path
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: no error where it is not installed
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """`--dist loadfile` with tests/service as one unit: a file's module fixtures (trained models) are
     built once, on one worker. (xdist's loadgroup would do this through markers, but it renames node
