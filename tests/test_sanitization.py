@@ -446,3 +446,23 @@ def test_a_recheck_that_cannot_run_on_the_copy_is_named_in_the_summary_not_count
     assert written["rechecked"][Breaks.name] == {"status": "error", "error": "RuntimeError: cannot run on this copy"}
     assert f"{Breaks.name} not rechecked on it (RuntimeError: cannot run on this copy)" in result.summary
     assert "still fail" not in result.summary
+
+
+def test_a_hinted_reconstruction_is_rechecked_on_a_copy_after_the_calibration_it_requires(
+    benign: Generator, backdoored: Generator, devil: torch.Tensor, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    """A failed ob_oi.reconstruction is rechecked on a candidate copy as a rescan would run it: after
+    calibration.controls and bf_oi.closest on the copy itself, judged by the copy's calibrated threshold. A copy
+    that still draws the hint fails it (here the upload itself stands for such a copy); one that does not passes."""
+    from scanner.checks.sanitization_distillation import _detectors_to_recheck, _recheck
+
+    unlearned = [{"source": "ob_oi.reconstruction"}, {"source": "ob_oi.divergence"}]
+    assert _detectors_to_recheck(unlearned) == ["ob_oi.reconstruction"]  # divergence needs a sanitized copy
+    ctx = make_ctx(backdoored, tmp_path, z_trigger=z_trigger, devil=devil)
+    keeps, clean = (
+        _recheck(ctx, copy, ["ob_oi.reconstruction"], None)[0]["ob_oi.reconstruction"] for copy in (backdoored, benign)
+    )
+    rows = {"keeps the devil": keeps, "benign": clean}
+    assert keeps["ran_first"] == clean["ran_first"] == ["calibration.controls", "bf_oi.closest"], rows
+    assert "requirements_errored" not in keeps and "requirements_errored" not in clean, rows
+    assert keeps["status"] == "fail" and clean["status"] == "pass", rows

@@ -40,8 +40,9 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   away from a target the upload draws over part of P_sample costs fidelity: the fresh copy's round 1 may
   then train on to unlearn_steps_factor × max_round_steps.
 - recheck, unlearned_perturbed_copies: each candidate copy that meets the bound is checked again by every
-  failed detector whose target it unlearned and that runs on a model alone (no `requires`: ob_oi.novelty,
-  bf_oi.outliers, ob_oi.far_gain) — same profile, parameters and seed, as a rescan of the artifact would.
+  failed detector whose target it unlearned and that a rescan runs before any sanitization (ob_oi.novelty,
+  bf_oi.outliers, ob_oi.far_gain; a hinted ob_oi.reconstruction after the calibration.controls and bf_oi.closest
+  it requires, run on the copy) — same profile, parameters and seed, as a rescan of the artifact would.
   When the fresh copy misses the bound or still fails a recheck, up to unlearned_perturbed_copies perturbed
   copies (the scan's seed, then + RETRY_SEED_OFFSET) are trained away from the same targets, in what is left
   of the budget. Written: the first candidate within the bound that passes every recheck, else the one within
@@ -611,35 +612,73 @@ def _spent(seconds_left: float | None) -> bool:
 
 
 def _detectors_to_recheck(unlearned: list[dict[str, Any]]) -> list[str]:
-    """The failed detectors whose recovered targets the copy unlearns and that can run on a model alone
-    (no `requires`: novelty, bf_oi.outliers, far_gain); a hinted reconstruction needs the scan's calibration,
-    and TarDis at its trigger is in the copy's evidence anyway."""
+    """The failed detectors whose recovered targets the copy unlearns and that a rescan of the copy would run
+    before any sanitization: novelty, bf_oi.outliers, far_gain alone; a hinted ob_oi.reconstruction with what it
+    requires (calibration.controls, bf_oi.closest), as a rescan would calibrate it on the copy."""
+    from scanner.checks import load_all  # the registry as a scan sees it, also when this check runs alone
+
     names = {str(row["source"]) for row in unlearned}
-    return sorted(n for n in names if n in CHECKS and not CHECKS[n].requires)
+    return sorted(n for n in names if n in load_all() and not any(_sanitizes(r) for r in _with_requirements(n)))
+
+
+def _sanitizes(check: str) -> bool:
+    return check.split(".", 1)[0] == "sanitization"
+
+
+def _with_requirements(name: str) -> list[str]:
+    """`name` after every check it requires, transitively (requirements first, each once)."""
+    order: list[str] = []
+    entered: set[str] = set()
+
+    def visit(check: str) -> None:
+        if check in entered or check not in CHECKS:
+            return
+        entered.add(check)  # before its requirements: a cycle ends here instead of recursing
+        for required in CHECKS[check].requires:
+            visit(required)
+        order.append(check)
+
+    visit(name)
+    return order
 
 
 def _recheck(
     ctx: ScanContext, copy: Generator, detectors: list[str], seconds_left: float | None
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, torch.Tensor]]]:
-    """Run each detector on the copy as a rescan would (same profile, parameters and seed; its artifacts
-    discarded): a copy written out should not fail what failed on the upload. {name: status, score, threshold},
-    and the outputs at the triggers the failed ones recovered on the copy, as (detector, output)."""
+    """Run each detector on the copy as a rescan would (same profile, parameters and seed, its requirements run
+    on the copy first; artifacts discarded): a copy written out should not fail what failed on the upload.
+    {name: status, score, threshold}, and the outputs at the triggers the failed ones recovered on the copy, as
+    (detector, output)."""
     if not detectors:
         return {}, []
     if _spent(seconds_left):
         return {name: {"status": "skipped", "note": "no time left in the check's budget"} for name in detectors}, []
     rows: dict[str, dict[str, Any]] = {}
+    raised: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dgmscan-recheck-") as scratch:
         copy_ctx = ScanContext(
             copy.eval(), list(ctx.targets), ctx.config, Path(scratch), should_cancel=ctx.should_cancel
         )
-        for name in detectors:
-            try:
-                result = CHECKS[name]().run(copy_ctx)
-            except Exception as exc:  # a detector that breaks on the copy says nothing about it: recorded
-                rows[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-                continue
-            rows[name] = {"status": result.status, "score": result.score, "threshold": result.threshold}
+        for detector in detectors:
+            for name in _with_requirements(detector):
+                if name in copy_ctx.results:
+                    continue
+                try:
+                    copy_ctx.results[name] = CHECKS[name]().run(copy_ctx)
+                except Exception as exc:  # a detector that breaks on the copy says nothing about it: recorded
+                    raised[name] = f"{type(exc).__name__}: {exc}"
+                    copy_ctx.results[name] = CheckResult(name=name, status="error", summary=raised[name])
+            result = copy_ctx.results[detector]
+            if detector in raised:
+                rows[detector] = {"status": "error", "error": raised[detector]}
+            else:
+                rows[detector] = {"status": result.status, "score": result.score, "threshold": result.threshold}
+            required = _with_requirements(detector)[:-1]
+            if required:
+                rows[detector]["ran_first"] = required
+            errored = [r for r in required if copy_ctx.results[r].status == "error"]
+            if errored:
+                rows[detector]["requirements_errored"] = errored
         found = copy_ctx.shared.get(RECOVERED_TRIGGERS) or []
     finds = [
         (str(entry["source"]), entry["output"])
