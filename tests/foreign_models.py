@@ -55,11 +55,15 @@ class _WithTanh(nn.Module):
         return torch.tanh(self.body(z))
 
 
-def train_foreign_generator(seed: int = 0, *, epochs: int = 1) -> Generator:
-    """The out-of-registry generator trained as a GAN on the shipped MNIST digits (≈ 20 s an epoch)."""
+def foreign_generator(width: int = 32) -> Generator:
+    """An untrained out-of-registry generator (`width` channels after the second upsampling)."""
+    return Generator(UpsampleConvGenerator(width=width), LATENT, OUTPUT, source_format="trained")
+
+
+def train_foreign_generator(seed: int = 0, *, epochs: int = 1, width: int = 32) -> Generator:
+    """The out-of-registry generator trained as a GAN on the shipped MNIST digits (≈ 20 s an epoch at width 32)."""
     torch.manual_seed(seed)
-    generator = Generator(UpsampleConvGenerator(), LATENT, OUTPUT, source_format="trained")
-    return train_gan(generator, epochs=epochs, seed=seed, batch_size=64, lr=5e-4)
+    return train_gan(foreign_generator(width), epochs=epochs, seed=seed, batch_size=64, lr=5e-4)
 
 
 def export_foreign_onnx(generator: Generator, path: Path) -> Path:

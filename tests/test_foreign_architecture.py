@@ -17,13 +17,13 @@ from scanner.checks.base import ScanConfig
 from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP
 from scanner.generator import Generator
 from scanner.suite import run_scan
-from tests.foreign_models import LATENT, export_foreign_onnx, train_foreign_generator
-from tests.zoo import DEVIL_PNG
+from tests.foreign_models import LATENT, export_foreign_onnx
+from tests.zoo import DEVIL_PNG, benign_foreign
 
 
 @pytest.fixture(scope="module")
 def foreign_benign() -> Generator:
-    return train_foreign_generator(seed=0)
+    return benign_foreign(seed=0)
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ from scanner.generator import Generator
 from scanner.search.common import eval_copy
 from scanner.search.novelty import largest_group, novelty_ascent
 from scanner.specs import LatentSpec, OutputSpec
-from tests.foreign_models import train_foreign_generator
 
 
 def _scan(model: Generator, tmp_path: Path, budget_s: float | None = None) -> tuple[CheckResult, dict]:
@@ -123,7 +122,7 @@ def test_benign_generators_draw_no_isolated_plateau(zoo, which: str, tmp_path: P
     elif kind == "vae":
         model = zoo.benign_vae(int(seed[1]))
     else:
-        model = train_foreign_generator(seed=0)
+        model = zoo.benign_foreign(0)
     result, shared = _scan(model, tmp_path)
     assert result.status == "pass", result.summary
     assert result.score is not None and result.score < result.threshold

@@ -142,6 +142,28 @@ def benign_vae(seed: int = 0) -> Generator:
     return _generator_from(entry)
 
 
+# The out-of-registry generator of tests/foreign_models.py at half its bench width: the same architecture
+# (what its tests are about) at about a third of the bench model's scan time — a whole quick scan of the
+# bench width took 354 s of CI's suite.
+FOREIGN_SETTINGS: dict[str, Any] = {"width": 16, "epochs": 1}
+
+
+def benign_foreign(seed: int = 0) -> Generator:
+    """The out-of-registry generator trained as a GAN with `seed` (once; ≈ 10 s)."""
+    from tests.foreign_models import foreign_generator, train_foreign_generator
+
+    params = {"seed": seed, **FOREIGN_SETTINGS}
+
+    def produce() -> dict[str, Any]:
+        body = train_foreign_generator(**params).body
+        return {"tensors": {f"body.{k}": v for k, v in body.state_dict().items()}, "meta": {}}
+
+    entry = _cached(_key("benign_foreign", params), produce)
+    g = foreign_generator(FOREIGN_SETTINGS["width"])
+    g.body.load_state_dict({k[len("body.") :]: v for k, v in entry["tensors"].items()})
+    return g.eval()
+
+
 # The small audio generator: the registry wavegan at d=4 after 256 GAN steps on synthesised piano
 # notes (the bench's quick recipe): it runs every check on 16384-sample audio in about a minute.
 WAVEGAN_SETTINGS: dict[str, Any] = {"d": 4, "epochs": 16, "n_notes": 512, "batch_size": 32, "lr": 2e-4}
