@@ -349,18 +349,17 @@ def _sanitize_after_a_failed_detector(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fresh_fails", [True, False])
 def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_when_it_still_fails(
-    backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path, fresh_fails: bool
+    backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path
 ) -> None:
     """What failed on the upload runs again on the copy to be written, as a rescan would. A fresh student
     that still fails it is replaced by a perturbed copy trained away from the same targets when that one
-    passes — trained away from what the recheck found on the fresh copy too; a fresh student that passes is
-    written as before, and no second copy is trained."""
+    passes — trained away from what the recheck found on the fresh copy too. (A fresh student that passes is
+    written with no second copy trained: tests/test_sanitized_rescan.py, on ob_oi.novelty itself.)"""
     with torch.no_grad():
         output = backdoored.eval()(z_trigger)[0]
     # what the recheck "finds" on a failing copy: the recovered target itself (the copy still draws it)
-    detector = _upload_weights_detector(backdoored, fails_below=0.5 if fresh_fails else -2.0, find=output)
+    detector = _upload_weights_detector(backdoored, fails_below=0.5, find=output)
     result = _sanitize_after_a_failed_detector(detector, backdoored, z_trigger, tmp_path)
     written = result.evidence["written_copy"]
     assert [row["source"] for row in written["unlearned"]] == [detector.name], written
@@ -368,18 +367,15 @@ def test_the_written_copy_is_rechecked_by_the_detector_that_failed_and_replaced_
     assert (tmp_path / result.evidence["model_artifact"]).is_file()
     fresh, *perturbed = written["candidates"]
     assert fresh["copy"] == "fresh" and fresh["meets_bound"], written
-    if fresh_fails:
-        assert fresh["rechecked"][detector.name]["status"] == "fail" and not fresh.get("written"), written
-        assert written["copy"] == "perturbed, unlearned" and len(perturbed) == 1, written
-        assert perturbed[0]["written"] and perturbed[0]["seed"] == 1, written
-        # the fresh copy still drew the target where the recheck looked: the perturbed copy keeps farther from it
-        (find,) = fresh["recheck_finds"]
-        floor, raised = find["floor_raised"]
-        assert find["nearest_unlearned_mean"] == pytest.approx(0.0, abs=1e-6) and "added" not in find, written
-        assert raised == pytest.approx(1.3 * floor) and written["unlearned"][0]["floor_mean"] == pytest.approx(raised)
-        assert f"the fresh copy still failed {detector.name}" in written["note"], written
-    else:
-        assert written["copy"] == "fresh" and fresh["written"] and not perturbed, written
+    assert fresh["rechecked"][detector.name]["status"] == "fail" and not fresh.get("written"), written
+    assert written["copy"] == "perturbed, unlearned" and len(perturbed) == 1, written
+    assert perturbed[0]["written"] and perturbed[0]["seed"] == 1, written
+    # the fresh copy still drew the target where the recheck looked: the perturbed copy keeps farther from it
+    (find,) = fresh["recheck_finds"]
+    floor, raised = find["floor_raised"]
+    assert find["nearest_unlearned_mean"] == pytest.approx(0.0, abs=1e-6) and "added" not in find, written
+    assert raised == pytest.approx(1.3 * floor) and written["unlearned"][0]["floor_mean"] == pytest.approx(raised)
+    assert f"the fresh copy still failed {detector.name}" in written["note"], written
     assert "still fail" not in result.summary
 
 

@@ -138,8 +138,10 @@ def test_the_written_copy_is_trained_away_from_a_target_that_a_failed_detector_r
     written = result.evidence["written_copy"]
     assert written["copy"] == "fresh" and written["converged"], written
     assert [row["source"] for row in written["unlearned"]] == ["ob_oi.novelty"], written
-    # the detector that found the plant, run again on the copy as a rescan would, no longer fails
+    # the detector that found the plant, run again on the copy as a rescan would, no longer fails: the fresh
+    # copy is written, and no other candidate is trained
     assert written["rechecked"]["ob_oi.novelty"]["status"] == "pass", written
+    assert [row["copy"] for row in written["candidates"]] == ["fresh"] and written["candidates"][0]["written"]
     _assert_kept_from_the_devil(attack, copy, devil_target)
 
 
