@@ -660,7 +660,8 @@ def _recheck(
             copy.eval(), list(ctx.targets), ctx.config, Path(scratch), should_cancel=ctx.should_cancel
         )
         for detector in detectors:
-            for name in _with_requirements(detector):
+            *required, _ = chain = _with_requirements(detector)
+            for name in chain:
                 if name in copy_ctx.results:
                     continue
                 try:
@@ -673,7 +674,6 @@ def _recheck(
                 rows[detector] = {"status": "error", "error": raised[detector]}
             else:
                 rows[detector] = {"status": result.status, "score": result.score, "threshold": result.threshold}
-            required = _with_requirements(detector)[:-1]
             if required:
                 rows[detector]["ran_first"] = required
             errored = [r for r in required if copy_ctx.results[r].status == "error"]
