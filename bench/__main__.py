@@ -239,7 +239,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         for e in chosen:
             e.generator.to(args.device)
         config = ScanConfig(profile="quick", seed=0, device=args.device)
-        _hinted_part(part, chosen, config, args, stamp, summarise=summarise, settings=(hints,))
+        # The distillation's evidence says which copy was written and what the detectors that failed on
+        # the upload said when rerun on it (the recheck), so the report can show both.
+        _hinted_part(
+            part,
+            chosen,
+            config,
+            args,
+            stamp,
+            summarise=summarise,
+            settings=(hints,),
+            evidence_of=("sanitization.distillation",),
+        )
     if "sanitized_rescan" in parts:
         from bench.full_profile import full_profile_entries
         from bench.sanitized_rescan import rescan_entries, run_sanitized_rescan
