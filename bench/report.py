@@ -497,22 +497,66 @@ def render_full_profile(
         "of those that did not.",
         "",
     ]
+    # Records written before the part kept the distillation's evidence have no copy column.
+    with_copy = any("sanitization.distillation" in r.get("evidence", {}) for r in records)
+    if with_copy:
+        lines += _recheck_summary(records)
     rows = []
-    for r in fp.get("records", []):
+    for r in records:
         flagged = [f"{n} {c['status']}" for n, c in r.get("checks", {}).items() if c["status"] in ("warn", "fail")]
         errored = [n for n, c in r.get("checks", {}).items() if c["status"] == "error"]
-        rows.append(
-            [
-                r["model"],
-                r.get("tardis_mean_at_trigger", "–") if r["attack"] != "benign" else "–",
-                r["verdict"],
-                ", ".join(flagged) or "–",
-                ", ".join(errored) or "–",
-                r.get("duration_s"),
-            ]
-        )
-    lines += _table(["model", "TarDis/elt at trigger", "verdict", "warn/fail checks", "errored", "scan s"], rows)
+        row = [
+            r["model"],
+            r.get("tardis_mean_at_trigger", "–") if r["attack"] != "benign" else "–",
+            r["verdict"],
+            ", ".join(flagged) or "–",
+            ", ".join(errored) or "–",
+        ]
+        if with_copy:
+            row.append(_written_copy_cell(r))
+        rows.append([*row, r.get("duration_s")])
+    header = ["model", "TarDis/elt at trigger", "verdict", "warn/fail checks", "errored"]
+    header += ["sanitized copy: rechecked on it"] if with_copy else []
+    lines += _table([*header, "scan s"], rows)
     return lines + [""]
+
+
+def _written_copy(record: dict[str, Any]) -> dict[str, Any] | None:
+    """sanitization.distillation's `written_copy` evidence of a full-profile record (None: no copy written)."""
+    return (record.get("evidence", {}).get("sanitization.distillation") or {}).get("written_copy") or None
+
+
+def _written_copy_cell(record: dict[str, Any]) -> str:
+    written = _written_copy(record)
+    if written is None:
+        return "none written"
+    rechecked = written.get("rechecked") or {}
+    tried = len(written.get("candidates") or [])
+    text = str(written.get("copy"))
+    if tried > 1:
+        text += f" ({tried} candidates)"
+    if rechecked:
+        text += ": " + ", ".join(f"{n} {row.get('status')}" for n, row in rechecked.items())
+    return text
+
+
+def _recheck_summary(records: list[dict[str, Any]]) -> list[str]:
+    """One line: on how many backdoored uploads a detector that failed was rerun on the written copy, and
+    what it said there (what a rescan of the copy would say; section "Sanitized checkpoints, rescanned"
+    rescans whole copies)."""
+    attacked = [r for r in records if r["attack"] != "benign"]
+    written = [w for w in (_written_copy(r) for r in attacked) if w is not None]
+    statuses: dict[str, int] = {}
+    for w in written:
+        for row in (w.get("rechecked") or {}).values():
+            statuses[str(row.get("status"))] = statuses.get(str(row.get("status")), 0) + 1
+    rechecked = sum(bool(w.get("rechecked")) for w in written)
+    return [
+        f"**Sanitized copies of the backdoored uploads:** {len(written)}/{len(attacked)} written; on {rechecked} "
+        "of them the detectors that failed on the upload were rerun on the copy (after the requirements they "
+        "need, run on the copy): " + (", ".join(f"{k} ×{v}" for k, v in sorted(statuses.items())) or "none") + ".",
+        "",
+    ]
 
 
 def render_sanitized_rescan(sr: dict[str, Any]) -> list[str]:

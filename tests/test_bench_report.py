@@ -184,6 +184,36 @@ def test_the_whole_profile_table_says_how_each_strong_red_model_was_made() -> No
     assert "`red-strong-vae-ood-devil-s0`: recipe not recorded" in text
 
 
+def test_the_whole_profile_table_shows_what_the_failed_detectors_said_on_the_written_copy() -> None:
+    def record(model: str, attack: str, written: dict | None) -> dict:
+        r = _record(model, attack, "dcgan", "backdoored" if attack != "benign" else "clean", 0.001)
+        return r | {"evidence": {"sanitization.distillation": {"written_copy": written} if written else {}}}
+
+    unlearned = {"copy": "fresh", "rechecked": {"ob_oi.reconstruction": {"status": "pass"}}, "candidates": [{}]}
+    kept = {
+        "copy": "perturbed, unlearned",
+        "rechecked": {"ob_oi.novelty": {"status": "fail"}},
+        "candidates": [{}, {}],
+    }
+    records = [
+        record("benign-dcgan-s0", "benign", {"copy": "fresh", "rechecked": {}, "candidates": [{}]}),
+        record("red-a", "red", unlearned),
+        record("red-b", "red", kept),
+        record("red-c", "red", None),  # distillation errored: no copy
+    ]
+    text = "\n".join(render_full_profile({"records": records, "summary": {}}))
+    cells = {line.split("|")[1].strip(): line.split("|")[6].strip() for line in text.splitlines() if "| red-" in line}
+    assert cells == {
+        "red-a": "fresh: ob_oi.reconstruction pass",
+        "red-b": "perturbed, unlearned (2 candidates): ob_oi.novelty fail",
+        "red-c": "none written",
+    }
+    assert "2/3 written; on 2 of them the detectors that failed" in text and "fail ×1, pass ×1" in text
+    # a results file from before the distillation's evidence was kept has no such column
+    text = "\n".join(render_full_profile({"records": [_record("m", "red", "dcgan", "clean", 0.1)], "summary": {}}))
+    assert "sanitized copy" not in text and "Sanitized copies" not in text
+
+
 def test_speed_section_names_the_slowest_checks_of_an_end_to_end_scan(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()
