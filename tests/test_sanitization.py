@@ -444,6 +444,30 @@ def test_a_recheck_that_cannot_run_on_the_copy_is_named_in_the_summary_not_count
     assert "still fail" not in result.summary
 
 
+@pytest.mark.slow
+def test_when_no_candidate_meets_the_bound_the_perturbed_copy_written_is_rechecked_and_its_failures_named(
+    backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    """The perturbed reference copy written when no candidate met the fidelity bound is deployed in place of the
+    upload too (the bench's TrAIL at the mode trigger: no candidate met the bound, the reconstruction that failed
+    on the upload never ran on the copy written). It is rechecked like a candidate, and the summary names what
+    still fails on it. Here a fresh student of 100 steps cannot meet the bound, no perturbed copy is trained
+    away from the target, and the stand-in detector fails every model."""
+    detector = _upload_weights_detector(backdoored, fails_below=1.01, find=torch.zeros(backdoored.output.shape))
+    short = {"steps": 100, "max_round_steps": 100, "fresh_copy_rounds": 1, "unlearn_steps_factor": 1}
+    result = _sanitize_after_a_failed_detector(
+        detector, backdoored, z_trigger, tmp_path, **short, unlearned_perturbed_copies=0
+    )
+    written = result.evidence["written_copy"]
+    assert [row["meets_bound"] for row in written["candidates"]] == [False], written
+    assert written["copy"] == "perturbed" and "the perturbed copy is written" in written["note"], written
+    assert written["rechecked"][detector.name]["status"] == "fail", written
+    assert (
+        f"written: the perturbed copy (no candidate met the fidelity bound; {detector.name} still fail(s) on it)"
+        in result.summary
+    ), result.summary
+
+
 def test_a_hinted_reconstruction_is_rechecked_on_a_copy_after_the_calibration_it_requires(
     benign: Generator, backdoored: Generator, devil: torch.Tensor, z_trigger: torch.Tensor, tmp_path: Path
 ) -> None:

@@ -46,10 +46,10 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   When the fresh copy misses the bound or still fails a recheck, up to unlearned_perturbed_copies perturbed
   copies (the scan's seed, then + RETRY_SEED_OFFSET) are trained away from the same targets, in what is left
   of the budget. Written: the first candidate within the bound that passes every recheck, else the one within
-  the bound that fails fewest (the earliest of equals), else the perturbed reference copy. evidence
-  ["written_copy"]["candidates"] lists each candidate tried (copy, seed, steps, meets_bound, rechecked,
-  written); ["rechecked"] is the written copy's, and the summary names a detector that still fails on it, or
-  that could not run on it (no time left, an error). unlearn_recheck_finds, unlearn_floor_raise: a perturbed
+  the bound that fails fewest (the earliest of equals), else the perturbed reference copy (rechecked too: it
+  is deployed in place of the upload all the same). evidence ["written_copy"]["candidates"] lists each
+  candidate tried (copy, seed, steps, meets_bound, rechecked, written); ["rechecked"] is the written copy's, and
+  the summary names a detector that still fails on it, or that could not run on it (no time left, an error). unlearn_recheck_finds, unlearn_floor_raise: a perturbed
   copy that follows a candidate which still failed learns from that candidate's output at the trigger the failed
   recheck recovered. Nearer an unlearned target than the upload's typical sample, it is that target's remnant,
   held just beyond its floor: the floor is raised to unlearn_floor_raise × its distance (at most the typical
@@ -380,6 +380,11 @@ class DistillationSanitization(Check):
         if chosen is None:
             self._record_unlearning(written, unlearned, unlearning)  # no candidate met the bound: nothing was extended
             written["note"] = f"{_missed(tried)}: the perturbed copy is written"
+            # What is written is still deployed in place of the upload: say what the failed detectors see on it.
+            written["rechecked"] = rechecked = _recheck(ctx, ctx.shared[SHARED_MODELS][self.name], detectors, left())[0]
+            if rechecked:
+                clause = _recheck_clause(rechecked)
+                out.summary += f"; written: the perturbed copy (no candidate met the fidelity bound{clause})"
             return
         trained, row = chosen.trained, chosen.row
         self._record_unlearning(written, chosen.unlearned, chosen.penalty)
@@ -424,13 +429,9 @@ class DistillationSanitization(Check):
         ratios = [t["tardis_ratio"] for t in triggers if "tardis_ratio" in t]
         tardis = f", TarDis at recovered triggers ×{min(ratios):.3g} or more" if ratios else ""
         student = "a fresh student" if kind == "fresh" else "a perturbed copy trained away from the recovered targets"
-        still, unverified = _failed(rechecked), _unverified(rechecked)
-        recheck = f"; {', '.join(still)} still fail(s) on it" if still else ""
-        if unverified:
-            recheck += f"; {', '.join(unverified)} not rechecked on it ({_why_unverified(rechecked, unverified)})"
         out.summary += (
             f"; written: {student} (ExpDis {behaviour['expdis_relative']:.2g}× output variance{tardis}{unlearnt}"
-            f"{recheck})"
+            f"{_recheck_clause(rechecked)})"
         )
 
     def _candidate(
@@ -697,6 +698,15 @@ def _failed(rechecked: dict[str, dict[str, Any]]) -> list[str]:
 def _unverified(rechecked: dict[str, dict[str, Any]]) -> list[str]:
     """Detectors that did not run to a verdict on the copy (no time left, or an error)."""
     return [name for name, row in rechecked.items() if row.get("status") not in ("pass", "warn", "fail")]
+
+
+def _recheck_clause(rechecked: dict[str, dict[str, Any]]) -> str:
+    """The summary's words on the written copy's recheck: detectors that still fail on it or could not run."""
+    still, unverified = _failed(rechecked), _unverified(rechecked)
+    clause = f"; {', '.join(still)} still fail(s) on it" if still else ""
+    if unverified:
+        clause += f"; {', '.join(unverified)} not rechecked on it ({_why_unverified(rechecked, unverified)})"
+    return clause
 
 
 def _why_unverified(rechecked: dict[str, dict[str, Any]], names: list[str]) -> str:
