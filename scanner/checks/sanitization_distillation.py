@@ -39,25 +39,25 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   ["written_copy"]["unlearned"] lists them with that floor and the closest the last search found. Keeping
   away from a target the upload draws over part of P_sample costs fidelity: the fresh copy's round 1 may
   then train on to unlearn_steps_factor × max_round_steps.
-- recheck, unlearned_perturbed_copies: each candidate copy that meets the bound is checked again by every
-  failed detector whose target it unlearned and that a rescan runs before any sanitization (ob_oi.novelty,
-  bf_oi.outliers, ob_oi.far_gain; a hinted ob_oi.reconstruction after the calibration.controls and bf_oi.closest
-  it requires, run on the copy) — same profile, parameters and seed, as a rescan of the artifact would.
-  When the fresh copy misses the bound or still fails a recheck, up to unlearned_perturbed_copies perturbed
-  copies (the scan's seed, then + RETRY_SEED_OFFSET) are trained away from the same targets, in what is left
-  of the budget. Written: the first candidate within the bound that passes every recheck, else the one within
-  the bound that fails fewest (the earliest of equals), else the perturbed reference copy (rechecked too: it
-  is deployed in place of the upload all the same). evidence ["written_copy"]["candidates"] lists each
-  candidate tried (copy, seed, steps, meets_bound, rechecked, written); ["rechecked"] is the written copy's, and
-  the summary names a detector that still fails on it, or that could not run on it (no time left, an error). unlearn_recheck_finds, unlearn_floor_raise: a perturbed
-  copy that follows a candidate which still failed learns from that candidate's output at the trigger the failed
-  recheck recovered. Nearer an unlearned target than the upload's typical sample, it is that target's remnant,
-  held just beyond its floor: the floor is raised to unlearn_floor_raise × its distance (at most the typical
-  sample's distance). Farther from every target, it becomes a target of its own (floor measured as for the
-  recovered ones). candidates[i]["recheck_finds"] say which happened. Measured on the bench's poisoning
-  in-sample seed 2 with the novelty line at 18 (its first copy's 20.4 a fail): the next copy scored 24.4
-  without this, 22.3 with the find added as a target (it lay 1.05× the floor from the unlearned target: a
-  remnant), 8.8 with the floor raised (.notes/sanitization.md, "stop 32").
+- recheck, unlearned_perturbed_copies: each candidate copy that meets the bound is checked again by every failed
+  detector whose target it unlearned and that a rescan runs before any sanitization (ob_oi.novelty, bf_oi.outliers,
+  ob_oi.far_gain; a hinted ob_oi.reconstruction after the calibration.controls and bf_oi.closest it requires, run on
+  the copy) — same profile, parameters and seed, as a rescan of the artifact would. When the fresh copy misses the
+  bound or still fails a recheck, up to unlearned_perturbed_copies perturbed copies (the scan's seed, then +
+  RETRY_SEED_OFFSET) are trained away from the same targets, in what is left of the budget. Written: the first
+  candidate within the bound that passes every recheck, else the one within the bound that fails fewest (the earliest
+  of equals), else the perturbed reference copy (rechecked too: it is deployed in place of the upload all the same).
+  evidence ["written_copy"]["candidates"] lists each candidate tried (copy, seed, steps, meets_bound, rechecked,
+  written); ["rechecked"] is the written copy's, and the summary names a detector that still fails on it, or that
+  could not run on it (no time left, an error). unlearn_recheck_finds, unlearn_floor_raise: a perturbed copy that
+  follows a candidate which still failed learns from that candidate's output at the trigger the failed recheck
+  recovered. Nearer an unlearned target than the upload's typical sample, it is that target's remnant, held just
+  beyond its floor: the floor is raised to unlearn_floor_raise × its distance (at most the typical sample's distance).
+  Farther from every target, it becomes a target of its own (floor measured as for the recovered ones).
+  candidates[i]["recheck_finds"] say which happened. Measured on the bench's poisoning in-sample seed 2 with the
+  novelty line at 18 (its first copy's 20.4 a fail): the next copy scored 24.4 without this, 22.3 with the find added
+  as a target (it lay 1.05× the floor from the unlearned target: a remnant), 8.8 with the floor raised
+  (.notes/sanitization.md, "stop 32").
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
