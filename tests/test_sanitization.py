@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from scanner.checks.base import CHECKS, Check, CheckResult, ScanConfig, ScanContext, TargetHint, register_check
-from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP, expdis_tolerance
+from scanner.checks.sanitization_common import SANITIZATION_NO_TIME_CAP, SHARED_MODELS, expdis_tolerance
 from scanner.checks.sanitization_distillation import DistillationSanitization
 from scanner.checks.sanitization_fine_pruning import FinePruningSanitization, sleeper_units_by_layer
 from scanner.data import load_devil_target, load_z_trigger
@@ -466,6 +466,33 @@ def test_when_no_candidate_meets_the_bound_the_perturbed_copy_written_is_recheck
         f"written: the perturbed copy (no candidate met the fidelity bound; {detector.name} still fail(s) on it)"
         in result.summary
     ), result.summary
+
+
+def test_a_perturbed_copy_written_with_no_time_left_for_a_fresh_one_is_named_as_not_rechecked(
+    backdoored: Generator, z_trigger: torch.Tensor, tmp_path: Path
+) -> None:
+    """When the budget is spent before a fresh copy (the bench's foreign-architecture ReD: 300 s of distillation
+    on two cores), the perturbed copy is written with no recheck run on it; the summary says which failed
+    detector did not run on it rather than leaving the copy looking checked."""
+    detector = _upload_weights_detector(backdoored, fails_below=1.01, find=torch.zeros(backdoored.output.shape))
+    check = DistillationSanitization()
+    ctx = ScanContext(backdoored, [], ScanConfig(profile="quick", seed=0), tmp_path)
+    ctx.shared["recovered_triggers"] = [{"source": detector.name, "z": z_trigger, "output": backdoored(z_trigger)[0]}]
+    ctx.results[detector.name] = detector().result("fail", "stands for the upload's failed scan", score=0.0)
+    ctx.shared[SHARED_MODELS] = {check.name: backdoored.copy()}
+    out = check.result("pass", "distilled")
+    register_check(detector)
+    try:
+        check._write_fresh_copy(ctx, backdoored, check.params(ctx), out, accept=lambda g: True, budget_s=0.0)
+    finally:
+        CHECKS.pop(detector.name, None)
+    written = out.evidence["written_copy"]
+    assert written["copy"] == "perturbed" and "candidates" not in written, written
+    assert written["rechecked"] == {detector.name: {"status": "skipped", "note": "no time left in the check's budget"}}
+    assert out.summary == (
+        "distilled; written: the perturbed copy (no time left in the check's budget for a fresh copy; "
+        f"{detector.name} not rechecked on it (no time left in the check's budget))"
+    )
 
 
 def test_a_hinted_reconstruction_is_rechecked_on_a_copy_after_the_calibration_it_requires(

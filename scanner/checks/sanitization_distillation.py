@@ -46,18 +46,18 @@ Parameters (per profile, overridable in ScanConfig.params["sanitization.distilla
   bound or still fails a recheck, up to unlearned_perturbed_copies perturbed copies (the scan's seed, then +
   RETRY_SEED_OFFSET) are trained away from the same targets, in what is left of the budget. Written: the first
   candidate within the bound that passes every recheck, else the one within the bound that fails fewest (the earliest
-  of equals), else the perturbed reference copy (rechecked too: it is deployed in place of the upload all the same).
-  evidence ["written_copy"]["candidates"] lists each candidate tried (copy, seed, steps, meets_bound, rechecked,
-  written); ["rechecked"] is the written copy's, and the summary names a detector that still fails on it, or that
-  could not run on it (no time left, an error). unlearn_recheck_finds, unlearn_floor_raise: a perturbed copy that
-  follows a candidate which still failed learns from that candidate's output at the trigger the failed recheck
-  recovered. Nearer an unlearned target than the upload's typical sample, it is that target's remnant, held just
-  beyond its floor: the floor is raised to unlearn_floor_raise × its distance (at most the typical sample's distance).
-  Farther from every target, it becomes a target of its own (floor measured as for the recovered ones).
-  candidates[i]["recheck_finds"] say which happened. Measured on the bench's poisoning in-sample seed 2 with the
-  novelty line at 18 (its first copy's 20.4 a fail): the next copy scored 24.4 without this, 22.3 with the find added
-  as a target (it lay 1.05× the floor from the unlearned target: a remnant), 8.8 with the floor raised
-  (.notes/sanitization.md, "stop 32").
+  of equals), else the perturbed reference copy (rechecked too, as when no fresh copy can be trained: it is deployed
+  in place of the upload all the same). evidence ["written_copy"]["candidates"] lists each candidate tried (copy,
+  seed, steps, meets_bound, rechecked, written); ["rechecked"] is the written copy's, and the summary names a detector
+  that still fails on it, or that could not run on it (no time left, an error). unlearn_recheck_finds,
+  unlearn_floor_raise: a perturbed copy that follows a candidate which still failed learns from that candidate's
+  output at the trigger the failed recheck recovered. Nearer an unlearned target than the upload's typical sample, it
+  is that target's remnant, held just beyond its floor: the floor is raised to unlearn_floor_raise × its distance (at
+  most the typical sample's distance). Farther from every target, it becomes a target of its own (floor measured as
+  for the recovered ones). candidates[i]["recheck_finds"] say which happened. Measured on the bench's poisoning
+  in-sample seed 2 with the novelty line at 18 (its first copy's 20.4 a fail): the next copy scored 24.4 without this,
+  22.3 with the find added as a target (it lay 1.05× the floor from the unlearned target: a remnant), 8.8 with the
+  floor raised (.notes/sanitization.md, "stop 32").
 
 Why two kinds of copy. The detectors (ob_oi.divergence, far_field, prior_mode) were calibrated against
 perturbed copies — the teacher's weights knocked and re-distilled, cheap and close to the upload — and
@@ -324,11 +324,16 @@ class DistillationSanitization(Check):
         copies trained away from them follow: they start from the upload's weights, within reach of the bound."""
         written: dict[str, Any] = {"copy": "perturbed", "init": out.evidence.get("init")}
         out.evidence["written_copy"] = written
+        no_fresh = None
         if not can_reinitialise(original):
-            written["note"] = "the upload's body has no layers to re-initialise: no fresh copy"
-            return
-        if budget_s is not None and budget_s <= 0:
-            written["note"] = "no time left in the check's budget for a fresh copy"
+            no_fresh = "the upload's body has no layers to re-initialise: no fresh copy"
+        elif budget_s is not None and budget_s <= 0:
+            no_fresh = "no time left in the check's budget for a fresh copy"
+        if no_fresh is not None:
+            written["note"] = no_fresh
+            recovered = self._recovered_targets(ctx, original, p)[0] if p["unlearn"] else []
+            detectors = _detectors_to_recheck(recovered) if p["recheck"] else []
+            self._recheck_perturbed_copy(ctx, out, written, detectors, budget_s, why=no_fresh)
             return
         timer = Timer()
         unlearning, unlearned = self._unlearning(ctx, original, p) if p["unlearn"] else (None, [])
@@ -380,11 +385,9 @@ class DistillationSanitization(Check):
         if chosen is None:
             self._record_unlearning(written, unlearned, unlearning)  # no candidate met the bound: nothing was extended
             written["note"] = f"{_missed(tried)}: the perturbed copy is written"
-            # What is written is still deployed in place of the upload: say what the failed detectors see on it.
-            written["rechecked"] = rechecked = _recheck(ctx, ctx.shared[SHARED_MODELS][self.name], detectors, left())[0]
-            if rechecked:
-                clause = _recheck_clause(rechecked)
-                out.summary += f"; written: the perturbed copy (no candidate met the fidelity bound{clause})"
+            self._recheck_perturbed_copy(
+                ctx, out, written, detectors, left(), why="no candidate met the fidelity bound"
+            )
             return
         trained, row = chosen.trained, chosen.row
         self._record_unlearning(written, chosen.unlearned, chosen.penalty)
@@ -434,6 +437,24 @@ class DistillationSanitization(Check):
             f"{_recheck_clause(rechecked)})"
         )
 
+    def _recheck_perturbed_copy(
+        self,
+        ctx: ScanContext,
+        out: CheckResult,
+        written: dict[str, Any],
+        detectors: list[str],
+        seconds_left: float | None,
+        *,
+        why: str,
+    ) -> None:
+        """Recheck the perturbed reference copy when it is what gets written: it is deployed in place of the
+        upload all the same, so the summary names a detector that still fails on it or did not run on it."""
+        written["rechecked"] = rechecked = _recheck(ctx, ctx.shared[SHARED_MODELS][self.name], detectors, seconds_left)[
+            0
+        ]
+        if rechecked:
+            out.summary += f"; written: the perturbed copy ({why}{_recheck_clause(rechecked)})"
+
     def _candidate(
         self,
         ctx: ScanContext,
@@ -476,8 +497,30 @@ class DistillationSanitization(Check):
     ) -> tuple[TargetUnlearning | None, list[dict[str, Any]]]:
         """The penalty that keeps the fresh copy from the targets failed detectors recovered, and what it
         unlearns: a hint's image where the trigger was found for a hint, else the upload's output at the
-        recovered z*. Only a detector that failed counts: a passing one records its best find on benign
-        models too (a digit a benign model draws well is not to be unlearned)."""
+        recovered z* (_recovered_targets)."""
+        rows, images = self._recovered_targets(ctx, original, p)
+        if not images:
+            return None, []
+        targets = torch.stack(images)
+        floors = self._floors(ctx, original, p, targets, rows)
+        penalty = TargetUnlearning(
+            targets,
+            floors,
+            max_norm=typical_radius(original.latent),
+            weight=float(p["unlearn_weight"]),
+            refresh_every=int(p["unlearn_every"]),
+            restarts=int(p["unlearn_restarts"]),
+            search_steps=int(p["unlearn_steps"]),
+            seed=ctx.config.seed,
+        )
+        return penalty, rows
+
+    def _recovered_targets(
+        self, ctx: ScanContext, original: Generator, p: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        """What the failed detectors recovered, as rows ({source, target}) and output-shaped images. Only a
+        detector that failed counts: a passing one records its best find on benign models too (a digit a benign
+        model draws well is not to be unlearned)."""
         hints = {t.name: t.tensor for t in ctx.targets}
         rows: list[dict[str, Any]] = []
         images: list[torch.Tensor] = []
@@ -499,21 +542,7 @@ class DistillationSanitization(Check):
             seen.add(key)
             images.append(image.reshape(original.output.shape).float().cpu())
             rows.append({"source": source, "target": hint if isinstance(hint, str) else "the upload's output at z*"})
-        if not images:
-            return None, []
-        targets = torch.stack(images)
-        floors = self._floors(ctx, original, p, targets, rows)
-        penalty = TargetUnlearning(
-            targets,
-            floors,
-            max_norm=typical_radius(original.latent),
-            weight=float(p["unlearn_weight"]),
-            refresh_every=int(p["unlearn_every"]),
-            restarts=int(p["unlearn_restarts"]),
-            search_steps=int(p["unlearn_steps"]),
-            seed=ctx.config.seed,
-        )
-        return penalty, rows
+        return rows, images
 
     def _floors(
         self,
