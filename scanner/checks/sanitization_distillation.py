@@ -449,9 +449,8 @@ class DistillationSanitization(Check):
     ) -> None:
         """Recheck the perturbed reference copy when it is what gets written: it is deployed in place of the
         upload all the same, so the summary names a detector that still fails on it or did not run on it."""
-        written["rechecked"] = rechecked = _recheck(ctx, ctx.shared[SHARED_MODELS][self.name], detectors, seconds_left)[
-            0
-        ]
+        rechecked, _ = _recheck(ctx, ctx.shared[SHARED_MODELS][self.name], detectors, seconds_left)
+        written["rechecked"] = rechecked
         if rechecked:
             out.summary += f"; written: the perturbed copy ({why}{_recheck_clause(rechecked)})"
 
