@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -546,10 +547,7 @@ def _recheck_summary(records: list[dict[str, Any]]) -> list[str]:
     rescans whole copies)."""
     attacked = [r for r in records if r["attack"] != "benign"]
     written = [w for w in (_written_copy(r) for r in attacked) if w is not None]
-    statuses: dict[str, int] = {}
-    for w in written:
-        for row in (w.get("rechecked") or {}).values():
-            statuses[str(row.get("status"))] = statuses.get(str(row.get("status")), 0) + 1
+    statuses = Counter(str(row.get("status")) for w in written for row in (w.get("rechecked") or {}).values())
     rechecked = sum(bool(w.get("rechecked")) for w in written)
     return [
         f"**Sanitized copies of the backdoored uploads:** {len(written)}/{len(attacked)} written; on {rechecked} "
