@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from itertools import combinations
 from pathlib import Path
 
 import torch
@@ -124,9 +125,8 @@ cross = {}
 with torch.no_grad():
     for at, z in best.items():
         outs = {name: g(z.to(g.device)).flatten(1) for name, g in models.items()}
-        cross[at] = {f"{a}_vs_{b}": float((outs[a] - outs[b]).pow(2).mean()) for a in outs for b in outs if a < b} | {
-            f"{a}_to_blank": float((outs[a] + 1).pow(2).mean()) for a in outs
-        }
+        pairs = {f"{a}_vs_{b}": float((outs[a] - outs[b]).pow(2).mean()) for a, b in combinations(outs, 2)}
+        cross[at] = pairs | {f"{a}_to_blank": float((outs[a] + 1).pow(2).mean()) for a in outs}
 record["cross_at_best_end"] = cross
 print("cross:", json.dumps(cross, indent=1))
 (out / "probe.json").write_text(json.dumps(record, indent=1))
