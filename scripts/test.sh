@@ -14,8 +14,11 @@ for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
         sys.exit(f"scripts/test.sh: {name} is not reachable on 127.0.0.1:{port} ({exc}); start it first")
 PY
 .venv/bin/ruff check .
-# DGMSCAN_TEST_WORKERS=N (or `logical`: one per core) splits the suite over N pytest-xdist workers, each
-# test file on one worker (tests/conftest.py); the default, 0, runs one process. On these 2-core
-# machines the split measured 1.25x, but only with the zoo trained on 1 thread, where one ReX recipe
-# does not take (.notes/test_suite_time.md), so CI runs in one process.
-exec .venv/bin/pytest -n "${DGMSCAN_TEST_WORKERS:-0}" --dist loadfile --no-loadscope-reorder "$@"
+# DGMSCAN_TEST_WORKERS=N (or `logical`: one per core; 0: one process) splits the suite over N pytest-xdist
+# workers, each test file on one worker, the cores' threads shared among them (tests/conftest.py). Under
+# xdist the controller first trains the whole test zoo on its fixed thread count (tests/zoo.py
+# SUITE_ENTRIES), so the workers build the same models as one process and never train beside each other.
+# Default: `logical` for the whole suite (no arguments: the README's and CI's command); one process when
+# arguments pick tests, which need only their own zoo entries.
+if [ $# -eq 0 ]; then workers="${DGMSCAN_TEST_WORKERS:-logical}"; else workers="${DGMSCAN_TEST_WORKERS:-0}"; fi
+exec .venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -56,6 +56,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     return ServiceAsOneFileScheduling(config, log)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own sessionstart starts the workers
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist the controller trains the whole test zoo first, on its fixed threads with the
+    cores to itself; the workers then only load it (tests/zoo.py SUITE_ENTRIES)."""
+    config = session.config
+    if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("dsession"):
+        return  # a worker, or one process (it trains what its tests ask for, when they ask)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    _zoo.build_suite_entries(reporter.write_line if reporter is not None else print)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if _XDIST_WORKERS > 1:
         # Files with the most slow tests first (scripts/test.sh passes --no-loadscope-reorder), so the
