@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -323,8 +324,6 @@ SUITE_ENTRIES: tuple[tuple[Callable[..., object], tuple[Any, ...]], ...] = (
 
 def build_suite_entries(log: Callable[[str], None] = print) -> None:
     """Train (or load from the cache) every entry of SUITE_ENTRIES, logging each with its time."""
-    import time
-
     for entry, args in SUITE_ENTRIES:
         started = time.perf_counter()
         entry(*args)
