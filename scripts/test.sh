@@ -19,6 +19,6 @@ PY
 # xdist the controller first trains the whole test zoo on its fixed thread count (tests/zoo.py
 # SUITE_ENTRIES), so the workers build the same models as one process and never train beside each other.
 # Default: `logical` for the whole suite (no arguments: the README's and CI's command); one process when
-# arguments pick tests, which need only their own zoo entries.
+# any argument is given (they mostly pick a few tests, which need only their own zoo entries).
 if [ $# -eq 0 ]; then workers="${DGMSCAN_TEST_WORKERS:-logical}"; else workers="${DGMSCAN_TEST_WORKERS:-0}"; fi
 exec .venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
