@@ -78,11 +78,43 @@ def test_threshold_from_benign_calibration_catches_red_backdoor(
     assert recon(backdoored) < threshold < recon(benign)
 
 
+def test_hint_that_will_not_embed_falls_back_to_the_next_candidate(
+    benign: Generator, devil: torch.Tensor, tmp_path: Path
+) -> None:
+    """A hint the control attack cannot embed (here: beyond the model's tanh range, so TarDis cannot
+    fall 20×) is reported and the next candidate calibrates the model; the other hints are never
+    negatives, since any hint may be what the upload already embeds."""
+    unreachable = torch.full((1, 28, 28), 3.0)
+    ctx, result = run_calibration(
+        benign, [TargetHint("unreachable", unreachable), TargetHint("devil", devil)], tmp_path
+    )
+    assert result.status == "pass", result.summary
+    first, second = result.evidence["controls"]
+    assert first["positive"] == "unreachable" and not first["embedded"] and "negatives" not in first
+    assert second["positive"] == "devil" and second["embedded"]
+    negatives = {n["name"] for n in second["negatives"]}
+    assert "unreachable" not in negatives and {"box", "stripes", "cross"} <= negatives
+    assert "did not take: unreachable" in result.summary
+    shared = ctx.shared["calibration.thresholds"]["ob_oi.reconstruction"]
+    assert shared["positive_recon_mean"] == [second["positive_recon_mean"]]
+
+
+def test_calibration_falls_back_to_synthetic_patterns(benign: Generator, tmp_path: Path) -> None:
+    ctx, result = run_calibration(benign, [TargetHint("unreachable", torch.full((1, 28, 28), 3.0))], tmp_path)
+    assert result.status == "pass", result.summary
+    assert [(c["positive"], c["origin"], c["embedded"]) for c in result.evidence["controls"]] == [
+        ("unreachable", "hint", False),
+        ("box", "synthetic", True),
+    ]
+    assert "calibration.thresholds" in ctx.shared
+
+
 def test_calibration_error_when_attack_cannot_take(benign: Generator, tmp_path: Path) -> None:
     config = ScanConfig(params={"calibration.controls": {"attack_steps": 0}})
     ctx = ScanContext(generator=benign, targets=[], config=config, artifacts_dir=tmp_path)
     result = CalibrationControls().run(ctx)
-    assert result.status == "error" and "no control attack took" in result.summary
+    assert result.status == "error" and "no control attack took (3 tried: box, stripes, cross)" in result.summary
+    assert [c["embedded"] for c in result.evidence["controls"]] == [False] * 3
     assert "calibration.thresholds" not in ctx.shared
 
 

@@ -7,10 +7,15 @@ check measures it *for the model under scan*:
 1. Positive controls: mount ReD (Sec. IV: retrain with E||G*(z) − G(z)||² + λ||G*(z_trig) −
    x_target||², on a copy, quick: few steps) with the scan's target hints, or — without hints —
    with synthetic control targets (simple patterns: a box, stripes, a cross).
-   Controls whose attack did not take (TarDis not reduced ≥ 20×) are reported and not used.
+   Controls whose attack did not take (TarDis not reduced ≥ 20×) are reported and not used; the
+   next candidate (the other hints, then the synthetic patterns) is tried instead, up to
+   `max_attempts` attacks, so a hint that will not embed on this model (e.g. one the upload
+   already binds elsewhere) does not leave the scan uncalibrated.
 2. Negative controls: targets that were NOT embedded (flips/rolls of the positive target from
-   scanner.search.controls, the other synthetic targets), reconstructed on the same attacked
-   copy, so both kinds face the same model.
+   scanner.search.controls, the synthetic patterns other than the positive), reconstructed on
+   the same attacked copy, so both kinds face the same model. Hints are never negatives: a hint
+   is a suspected target of the upload and may be embedded in it already, which would put a
+   "negative" below every positive.
 3. ReconD of every control with the OB-OI optimiser (scanner.search.recond.reconstruct, the same
    batched-restart Adam with the same restarts/steps/lr per profile as ob_oi.reconstruction),
    then a threshold between them: the geometric mean of the largest positive and the smallest negative ReconD when they
@@ -32,7 +37,7 @@ Shared state written, for the OB-OI checks (which declare requires=("calibration
     }
 
 Status: pass when a threshold was derived with detection power ≥ `min_power`; error when no
-control attack took or power stayed below `min_power` (this model cannot be calibrated in this
+control attack took within `max_attempts` or power stayed below `min_power` (this model cannot be calibrated in this
 profile: OB-OI falls back to its self-referenced controls). Calibration is not a detector of the
 upload itself: it never warns or fails, and it is not needed for a clean verdict.
 """
@@ -162,6 +167,7 @@ class CalibrationControls(Check):
     defaults: ClassVar[dict[Profile, dict[str, Any]]] = {
         "quick": {
             "positives": 1,
+            "max_attempts": 3,
             "attack_steps": 200,
             "attack_batch_size": 32,
             "attack_lr": 1e-3,
@@ -174,6 +180,7 @@ class CalibrationControls(Check):
         },
         "standard": {
             "positives": 2,
+            "max_attempts": 4,
             "attack_steps": 600,
             "attack_batch_size": 64,
             "attack_lr": 1e-3,
@@ -186,6 +193,7 @@ class CalibrationControls(Check):
         },
         "full": {
             "positives": 3,
+            "max_attempts": 5,
             "attack_steps": 3000,
             "attack_batch_size": 128,
             "attack_lr": 1e-3,
@@ -205,24 +213,18 @@ class CalibrationControls(Check):
         timer = Timer()
         original = ctx.generator.copy().eval()
         seed = ctx.config.seed
-        if ctx.targets:
-            candidates = [ControlTarget(t.name, t.tensor.detach().float().cpu(), "hint") for t in ctx.targets]
-        else:
-            candidates = synthetic_targets(original)
-        positives = candidates[: int(p["positives"])]
+        hints = [ControlTarget(t.name, t.tensor.detach().float().cpu(), "hint") for t in ctx.targets]
+        patterns = synthetic_targets(original)
+        candidates = hints + patterns  # positives are tried in this order until enough took
+        wanted, max_attempts = int(p["positives"]), max(int(p["max_attempts"]), int(p["positives"]))
         controls: list[dict[str, Any]] = []
         pos_recon: list[float] = []
         neg_recon: list[float] = []
         artifacts: list[Artifact] = []
         trig_rng = ctx.rng(self.name + ".trigger")
-        for k, positive in enumerate(positives):
-            if ctx.should_cancel():
+        for k, positive in enumerate(candidates[:max_attempts]):
+            if ctx.should_cancel() or len(pos_recon) >= wanted:
                 break
-            # negatives: transforms of the positive + the other candidates, none of them embedded
-            negatives = [
-                ControlTarget(f"{positive.name}:{c.name}", c.tensor, "transform")
-                for c in negative_controls(positive.tensor, original.output)
-            ] + [c for c in candidates if c is not positive]
             z_trigger = original.latent.sample(1, generator=trig_rng, device=original.device)
             tardis_before = target_distance(original, z_trigger, positive.tensor)
             attacked = mount_red(
@@ -237,6 +239,20 @@ class CalibrationControls(Check):
             )
             tardis_after = target_distance(attacked, z_trigger, positive.tensor)
             embedded = tardis_after.mean * EMBED_FACTOR <= tardis_before.mean
+            control: dict[str, Any] = {
+                "positive": positive.name,
+                "origin": positive.origin,
+                "embedded": embedded,
+                "tardis_before_mean": tardis_before.mean,
+                "tardis_after_mean": tardis_after.mean,
+            }
+            controls.append(control)
+            if not embedded:  # nothing to calibrate against: spend the time on the next candidate
+                continue
+            negatives = [
+                ControlTarget(f"{positive.name}:{c.name}", c.tensor, "transform")
+                for c in negative_controls(positive.tensor, original.output)
+            ] + [c for c in patterns if c is not positive]
             targets = torch.stack([positive.tensor] + [n.tensor for n in negatives])
             recon = reconstruct(
                 attacked,
@@ -249,20 +265,12 @@ class CalibrationControls(Check):
                 should_stop=ctx.should_cancel,
             )
             means = [float(v) for v in recon.recon_mean]
-            if embedded:
-                pos_recon.append(means[0])
-                neg_recon.extend(means[1:])
-            controls.append(
-                {
-                    "positive": positive.name,
-                    "origin": positive.origin,
-                    "embedded": embedded,
-                    "tardis_before_mean": tardis_before.mean,
-                    "tardis_after_mean": tardis_after.mean,
-                    "positive_recon_mean": means[0],
-                    "negatives": [{"name": n.name, "recon_mean": m} for n, m in zip(negatives, means[1:], strict=True)],
-                    "recon_stopped_early": recon.stopped_early,
-                }
+            pos_recon.append(means[0])
+            neg_recon.extend(means[1:])
+            control.update(
+                positive_recon_mean=means[0],
+                negatives=[{"name": n.name, "recon_mean": m} for n, m in zip(negatives, means[1:], strict=True)],
+                recon_stopped_early=recon.stopped_early,
             )
         threshold, power, false_alarm, separation = derive_threshold(pos_recon, neg_recon)
         numel = original.output.numel
@@ -293,20 +301,21 @@ class CalibrationControls(Check):
                     "loss_space": str(p["loss_space"]),
                 }
             }
-        n_embedded = sum(c["embedded"] for c in controls)
+        took = [c["positive"] for c in controls if c["embedded"]]
+        missed = [c["positive"] for c in controls if not c["embedded"]]
         if not usable:
             why = (
-                "no control attack took"
-                if n_embedded == 0
+                f"no control attack took ({len(controls)} tried: {', '.join(missed)})"
+                if not took
                 else f"detection power {power:.2f} < {float(p['min_power']):.2f} (separation {separation:.3g})"
             )
             out = self.result("error", f"calibration unavailable: {why}", score=power, evidence=evidence)
         else:
             out = self.result(
                 "pass",
-                f"ReconD threshold {threshold:.3g}/element from {len(pos_recon)} positive and {len(neg_recon)} "
-                f"negative controls: detection power {power:.0%}, false alarms {false_alarm:.0%}, "
-                f"separation {separation:.3g}×",
+                f"ReconD threshold {threshold:.3g}/element from {len(pos_recon)} positive ({', '.join(took)}) and "
+                f"{len(neg_recon)} negative controls: detection power {power:.0%}, false alarms {false_alarm:.0%}, "
+                f"separation {separation:.3g}×" + (f"; did not take: {', '.join(missed)}" if missed else ""),
                 score=power,
                 threshold=threshold,
                 evidence=evidence,
