@@ -93,7 +93,7 @@ def test_hint_that_will_not_embed_falls_back_to_the_next_candidate(
     assert first["positive"] == "unreachable" and not first["embedded"] and "negatives" not in first
     assert second["positive"] == "devil" and second["embedded"]
     negatives = {n["name"] for n in second["negatives"]}
-    assert "unreachable" not in negatives and {"box", "stripes", "cross"} <= negatives
+    assert negatives and all(name.startswith("devil:") for name in negatives)  # its own transformations
     assert "did not take: unreachable" in result.summary
     shared = ctx.shared["calibration.thresholds"]["ob_oi.reconstruction"]
     assert shared["positive_recon_mean"] == [second["positive_recon_mean"]]

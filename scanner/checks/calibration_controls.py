@@ -12,8 +12,9 @@ check measures it *for the model under scan*:
    `max_attempts` attacks, so a hint that will not embed on this model (e.g. one the upload
    already binds elsewhere) does not leave the scan uncalibrated.
 2. Negative controls: targets that were NOT embedded (flips/rolls of the positive target from
-   scanner.search.controls, the synthetic patterns other than the positive), reconstructed on
-   the same attacked copy, so both kinds face the same model. Hints are never negatives: a hint
+   scanner.search.controls; for a synthetic positive, or a hint too uniform to transform, also
+   the other synthetic patterns), reconstructed on the same attacked copy, so both kinds face
+   the same model. Hints are never negatives: a hint
    is a suspected target of the upload and may be embedded in it already, which would put a
    "negative" below every positive.
 3. ReconD of every control with the OB-OI optimiser (scanner.search.recond.reconstruct, the same
@@ -252,7 +253,11 @@ class CalibrationControls(Check):
             negatives = [
                 ControlTarget(f"{positive.name}:{c.name}", c.tensor, "transform")
                 for c in negative_controls(positive.tensor, original.output)
-            ] + [c for c in patterns if c is not positive]
+            ]
+            if positive.origin != "hint" or not negatives:
+                # a hint is judged against its own transformations (same pixel statistics); the
+                # patterns serve a synthetic positive, or a hint too uniform to transform
+                negatives += [c for c in patterns if c is not positive]
             targets = torch.stack([positive.tensor] + [n.tensor for n in negatives])
             recon = reconstruct(
                 attacked,
