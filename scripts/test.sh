@@ -17,7 +17,8 @@ PY
 # DGMSCAN_TEST_WORKERS=N (or `logical`: one per core; 0: one process) splits the suite over N pytest-xdist
 # workers, each test file on one worker, the cores' threads shared among them (tests/conftest.py). Under
 # xdist the controller first trains the whole test zoo on its fixed thread count (tests/zoo.py
-# SUITE_ENTRIES), so the workers build the same models as one process and never train beside each other.
+# SUITE_ENTRIES), so the workers build the same models as one process and never train beside each other
+# (a test asking a worker for an entry not in that list fails, naming the list).
 # Default: `logical` for the whole suite (no arguments: the README's and CI's command); one process when
 # any argument is given (they mostly pick a few tests, which need only their own zoo entries).
 if [ $# -eq 0 ]; then workers="${DGMSCAN_TEST_WORKERS:-logical}"; else workers="${DGMSCAN_TEST_WORKERS:-0}"; fi

@@ -10,7 +10,8 @@ copies: a test may modify what it gets without affecting other tests.
     res = zoo.attacked("red", "ood", seed=0)           # AttackResult (generator, trigger, target, info)
 
 Cross-process safety: a file lock per entry, so parallel pytest runs do not train twice or
-read half-written files. Under pytest-xdist, tests/conftest.py trains SUITE_ENTRIES before the workers start.
+read half-written files. Under pytest-xdist, tests/conftest.py trains SUITE_ENTRIES before the workers start;
+a worker asked for an entry left out of that list fails with ZooEntryNotPrebuilt rather than train it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +54,12 @@ VAE_SETTINGS: dict[str, Any] = {"epochs": 3, "latent_dim": 20, "hidden": 400}
 ZOO_TRAIN_THREADS = 2
 
 _memory: dict[str, Any] = {}
+# Set by build_suite_entries in the xdist controller; the workers it then starts inherit it.
+PREBUILT_ENV = "DGMSCAN_TEST_ZOO_PREBUILT"
+
+
+class ZooEntryNotPrebuilt(RuntimeError):
+    """An xdist worker asked for a zoo entry that the controller's prebuild (SUITE_ENTRIES) left out."""
 
 
 def _key(kind: str, params: dict[str, Any]) -> str:
@@ -80,10 +86,11 @@ def _cached(key: str, produce: Callable[[], dict[str, Any]]) -> dict[str, Any]:
                 meta = json.loads(fh.read(header_len)).get("__metadata__", {})
             entry = {"tensors": tensors, "meta": json.loads(meta.get("zoo", "{}"))}
         else:
-            if os.environ.get("PYTEST_XDIST_WORKER"):
-                warnings.warn(
-                    f"test zoo entry {key} trained inside an xdist worker; add it to tests/zoo.py SUITE_ENTRIES",
-                    stacklevel=3,
+            if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(PREBUILT_ENV):
+                # two workers training beside each other on the CI's 2 cores is what the prebuild avoids
+                raise ZooEntryNotPrebuilt(
+                    f"test zoo entry {key} would train inside an xdist worker: add the zoo function and its "
+                    "arguments to tests/zoo.py SUITE_ENTRIES"
                 )
             with _threads(ZOO_TRAIN_THREADS):
                 entry = produce()
@@ -328,6 +335,7 @@ def build_suite_entries(log: Callable[[str], None] = print) -> None:
         started = time.perf_counter()
         entry(*args)
         log(f"test zoo: {entry.__name__}{args} ready in {time.perf_counter() - started:.0f} s")
+    os.environ[PREBUILT_ENV] = "1"
 
 
 def default_scan_without_hints(model: Generator, tmp_path: Path) -> ScanReport:
