@@ -14,9 +14,8 @@ check measures it *for the model under scan*:
 2. Negative controls: targets that were NOT embedded (flips/rolls of the positive target from
    scanner.search.controls; for a synthetic positive, or a hint too uniform to transform, also
    the other synthetic patterns), reconstructed on the same attacked copy, so both kinds face
-   the same model. Hints are never negatives: a hint
-   is a suspected target of the upload and may be embedded in it already, which would put a
-   "negative" below every positive.
+   the same model. Hints are never negatives: a hint is a suspected target of the upload and
+   may be embedded in it already, which would put a "negative" below every positive.
 3. ReconD of every control with the OB-OI optimiser (scanner.search.recond.reconstruct, the same
    batched-restart Adam with the same restarts/steps/lr per profile as ob_oi.reconstruction),
    then a threshold between them: the geometric mean of the largest positive and the smallest negative ReconD when they
@@ -38,8 +37,8 @@ Shared state written, for the OB-OI checks (which declare requires=("calibration
     }
 
 Status: pass when a threshold was derived with detection power ≥ `min_power`; error when no
-control attack took within `max_attempts` or power stayed below `min_power` (this model cannot be calibrated in this
-profile: OB-OI falls back to its self-referenced controls). Calibration is not a detector of the
+control attack took within `max_attempts` or power stayed below `min_power` (this model cannot be
+calibrated in this profile: OB-OI falls back to its self-referenced controls). Calibration is not a detector of the
 upload itself: it never warns or fails, and it is not needed for a clean verdict.
 """
 
