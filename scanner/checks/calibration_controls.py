@@ -5,12 +5,12 @@ comparing embedded with non-embedded targets; what counts as "small" depends on 
 check measures it *for the model under scan*:
 
 1. Positive controls: mount ReD (Sec. IV: retrain with E||G*(z) − G(z)||² + λ||G*(z_trig) −
-   x_target||², on a copy, quick: few steps) with the scan's target hints, or — without hints —
-   with synthetic control targets (simple patterns: a box, stripes, a cross).
-   Controls whose attack did not take (TarDis not reduced ≥ 20×) are reported and not used; the
-   next candidate (the other hints, then the synthetic patterns) is tried instead, up to
-   `max_attempts` attacks, so a hint that will not embed on this model (e.g. one the upload
-   already binds elsewhere) does not leave the scan uncalibrated.
+   x_target||², on a copy, quick: few steps), `positives` of them per profile: the scan's target
+   hints first, then synthetic control targets (simple patterns: a box, stripes, a cross), so a
+   scan without hints, or with fewer hints than `positives`, uses patterns. Controls whose attack
+   did not take (TarDis not reduced ≥ 20×) are reported and not used; the next candidate is tried
+   instead, up to `max_attempts` attacks, so a hint that will not embed on this model (e.g. one
+   the upload already binds elsewhere) does not leave the scan uncalibrated.
 2. Negative controls: targets that were NOT embedded (flips/rolls of the positive target from
    scanner.search.controls; for a synthetic positive, or a hint too uniform to transform, also
    the other synthetic patterns), reconstructed on the same attacked copy, so both kinds face
