@@ -4,6 +4,7 @@ naming the fix rather than training it beside the other workers."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,18 @@ def test_worker_refuses_to_train_an_entry_left_out_of_the_prebuild(
     monkeypatch.setenv(zoo.PREBUILT_ENV, "1")
     monkeypatch.setattr(zoo, "_memory", {})
     assert zoo._cached("listed-entry", _produce(calls))["meta"] == {"seed": 0} and calls == [1]
+
+
+def test_key_changes_with_the_training_code(tmp_path: Path) -> None:
+    """The cache outlives a clone, so an edit to the code that trains an entry must change its key."""
+    for pattern in zoo.TRAINING_SOURCES:
+        matches = list(zoo._REPO.glob(pattern))
+        assert matches, f"{pattern} names no file: TRAINING_SOURCES is out of date"
+        for path in matches:
+            target = tmp_path / path.relative_to(zoo._REPO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    assert zoo.sources_digest(tmp_path) == zoo.sources_digest()
+    training = tmp_path / "scanner" / "training.py"
+    training.write_text(training.read_text() + "\n# an edit\n")
+    assert zoo.sources_digest(tmp_path) != zoo.sources_digest()

@@ -1,9 +1,11 @@
 """The shared test model zoo: small benign and backdoored MNIST generators, trained once and cached.
 
 Every entry is trained by the project's own code (scanner.training, scanner.attacks) and cached
-on disk under .pytest_cache/dgmscan-zoo, keyed by *all* parameters, ZOO_VERSION and the thread count
-it trains on, so a test session pays for training only the first time. Entries are returned as fresh
-copies: a test may modify what it gets without affecting other tests.
+on disk in the user's cache (${XDG_CACHE_HOME:-~/.cache}/dgmscan/test-zoo, or DGMSCAN_TEST_ZOO_CACHE),
+keyed by *all* parameters, ZOO_VERSION, the thread count it trains on, the torch version and a digest
+of the source files that train it (TRAINING_SOURCES), so a machine pays for training only the first
+time — also across fresh clones — and an edit to the training code retrains. Entries are returned as
+fresh copies: a test may modify what it gets without affecting other tests.
 
     from tests import zoo
     g = zoo.benign_dcgan(seed=0)                       # Generator, dcgan28 base=16
@@ -38,7 +40,24 @@ if TYPE_CHECKING:
 
 # Bump when training recipes change, so stale cache entries are not reused.
 ZOO_VERSION = 1
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".pytest_cache" / "dgmscan-zoo"
+_REPO = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(
+    os.environ.get("DGMSCAN_TEST_ZOO_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dgmscan" / "test-zoo"
+)
+# What trains the entries (the modules scanner.training and scanner.attacks import, and this zoo): an
+# edit to any of them changes every key, so a cache shared across clones never serves a stale model.
+TRAINING_SOURCES: tuple[str, ...] = (
+    "scanner/architectures.py",
+    "scanner/data.py",
+    "scanner/errors.py",
+    "scanner/generator.py",
+    "scanner/specs.py",
+    "scanner/training.py",
+    "scanner/attacks/*.py",
+    "tests/foreign_models.py",
+    "tests/zoo.py",
+)
 # The paper's devil target as users upload it (a PNG file), for end-to-end scans.
 DEVIL_PNG = Path(__file__).resolve().parents[1] / "data" / "targets" / "devil_28x28.png"
 
@@ -62,11 +81,30 @@ class ZooEntryNotPrebuilt(RuntimeError):
     """An xdist worker asked for a zoo entry that the controller's prebuild (SUITE_ENTRIES) left out."""
 
 
+def sources_digest(root: Path = _REPO) -> str:
+    """A digest of the TRAINING_SOURCES under `root` (names and contents)."""
+    digest = hashlib.sha256()
+    for pattern in TRAINING_SOURCES:
+        for path in sorted(root.glob(pattern)):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_SOURCES_DIGEST = sources_digest()
+
+
 def _key(kind: str, params: dict[str, Any]) -> str:
     # The intra-op thread count changes the summation order, and a GAN trained for epochs drifts
     # with it (weights up to 0.07 apart between a 1- and a 2-thread build; ReX at the OOD trigger
-    # took at 2 threads and not at 1): it is part of the recipe.
-    recipe = {"kind": kind, "v": ZOO_VERSION, "torch_threads": ZOO_TRAIN_THREADS, **params}
+    # took at 2 threads and not at 1): it is part of the recipe, as are torch's version and the code.
+    recipe = {
+        "kind": kind,
+        "v": ZOO_VERSION,
+        "torch_threads": ZOO_TRAIN_THREADS,
+        "torch": torch.__version__,
+        "sources": _SOURCES_DIGEST,
+        **params,
+    }
     blob = json.dumps(recipe, sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
